@@ -1,0 +1,40 @@
+# Every target sets itself up: `make test` and `make demo` work on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stmn-installed
+OPS_LIB := stmn_tf/ops/_match_trans_ops.so
+OPS_SRC := $(wildcard custom_ops/*/*.cc custom_ops/*/*.h) custom_ops/build.py
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+
+.PHONY: install ops test test-quick bench demo ablation clean
+
+install: $(STAMP) $(OPS_LIB)
+
+# Re-run pip only when the dependencies change.
+$(STAMP): setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+$(OPS_LIB): $(STAMP) $(OPS_SRC)
+	$(PY) setup.py -q build_ops
+
+ops: $(STAMP)
+	$(PY) setup.py -q build_ops --force
+
+test: install
+	$(PYTEST) tests
+
+test-quick: install
+	$(PYTEST) -m "not slow" tests
+
+bench: install
+	$(PY) benchmarks/match_trans.py
+
+demo: install
+	$(PY) -m stmn_tf.demo
+
+clean:
+	rm -rf build *.egg-info stmn_tf/ops/*.so stmn_tf/ops/*.so.cpu stmn_tf/ops/*.so.cuda

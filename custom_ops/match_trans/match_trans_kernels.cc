@@ -1,0 +1,283 @@
+// CPU functors and the OpKernels of Stmn>MatchTrans and Stmn>MatchTransGrad.
+
+#define EIGEN_USE_THREADS
+#if GOOGLE_CUDA
+#define EIGEN_USE_GPU
+#endif
+
+#include "match_trans.h"
+
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/register_types.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "unsupported/Eigen/CXX11/Tensor"
+
+namespace stmn {
+namespace match_trans {
+
+using CPUDevice = Eigen::ThreadPoolDevice;
+using GPUDevice = Eigen::GpuDevice;
+
+// Work on a range of positions [begin, end) of the flattened [B, H, W] grid.
+template <typename T>
+void NormsRange(const Dims& dims, const T* prev_features,
+                typename Accumulator<T>::type* prev_norms, int64_t begin, int64_t end) {
+  using A = typename Accumulator<T>::type;
+  for (int64_t i = begin; i < end; ++i) {
+    prev_norms[i] = NormPlusEpsilon<A>(prev_features + i * dims.channels, dims.channels);
+  }
+}
+
+template <typename T>
+void ForwardRange(const Dims& dims, const T* features, const T* prev_features,
+                  const T* prev_memory, const typename Accumulator<T>::type* prev_norms,
+                  T* aligned, T* coefficients, int64_t begin, int64_t end) {
+  using A = typename Accumulator<T>::type;
+  const int64_t H = dims.height, W = dims.width, C = dims.channels, D = dims.depth;
+  const int64_t HW = H * W, K2 = dims.window();
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t b = i / HW, y = (i % HW) / W, x = i % W;
+    T* coef = coefficients + i * K2;
+    CoefficientsAt<T, A>(features + b * HW * C, prev_features + b * HW * C,
+                         prev_norms + b * HW, H, W, C, dims.k, y, x, coef);
+    AlignAt<T, A>(coef, prev_memory + b * HW * D, H, W, D, dims.k, y, x, aligned + i * D);
+  }
+}
+
+template <typename T>
+void GradRange(const Dims& dims, const T* coefficients, const T* grad_aligned,
+               T* grad_prev_memory, int64_t begin, int64_t end) {
+  using A = typename Accumulator<T>::type;
+  const int64_t H = dims.height, W = dims.width, D = dims.depth;
+  const int64_t HW = H * W, K2 = dims.window();
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t b = i / HW, y = (i % HW) / W, x = i % W;
+    AlignGradAt<T, A>(coefficients + b * HW * K2, grad_aligned + b * HW * D, H, W, D,
+                      dims.k, y, x, grad_prev_memory + i * D);
+  }
+}
+
+// Run-time dispatch: the library is compiled for baseline x86-64 and these entry
+// points get an AVX2+FMA clone that the loader picks on CPUs that have it (GCC
+// function multi-versioning), instead of -march=native at build time.
+#if defined(STMN_MULTIVERSION) && defined(__x86_64__) && !defined(__clang__)
+#define STMN_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define STMN_CLONES
+#endif
+
+#define STMN_DEFINE_DISPATCH(T)                                                          \
+  STMN_CLONES void NormsDispatch(const Dims& dims, const T* prev_features,               \
+                                 Accumulator<T>::type* prev_norms, int64_t begin,        \
+                                 int64_t end) {                                          \
+    NormsRange<T>(dims, prev_features, prev_norms, begin, end);                          \
+  }                                                                                      \
+  STMN_CLONES void ForwardDispatch(const Dims& dims, const T* features,                  \
+                                   const T* prev_features, const T* prev_memory,         \
+                                   const Accumulator<T>::type* prev_norms, T* aligned,   \
+                                   T* coefficients, int64_t begin, int64_t end) {        \
+    ForwardRange<T>(dims, features, prev_features, prev_memory, prev_norms, aligned,     \
+                    coefficients, begin, end);                                           \
+  }                                                                                      \
+  STMN_CLONES void GradDispatch(const Dims& dims, const T* coefficients,                 \
+                                const T* grad_aligned, T* grad_prev_memory,              \
+                                int64_t begin, int64_t end) {                            \
+    GradRange<T>(dims, coefficients, grad_aligned, grad_prev_memory, begin, end);        \
+  }
+STMN_DEFINE_DISPATCH(Eigen::half)
+STMN_DEFINE_DISPATCH(float)
+STMN_DEFINE_DISPATCH(double)
+#undef STMN_DEFINE_DISPATCH
+
+// Positions are handed to the thread pool in contiguous row-major ranges, so the
+// (2k+1) rows of prev_features that a row of positions reads stay in cache while
+// the neighbouring rows, which share most of them, are processed.
+template <typename T>
+struct MatchTransFunctor<CPUDevice, T> {
+  void operator()(const CPUDevice& device, const Dims& dims, const T* features,
+                  const T* prev_features, const T* prev_memory,
+                  typename Accumulator<T>::type* prev_norms, T* aligned, T* coefficients) {
+    using A = typename Accumulator<T>::type;
+    const int64_t C = dims.channels, D = dims.depth, K2 = dims.window();
+    device.parallelFor(dims.positions(), Eigen::TensorOpCost(C * sizeof(T), sizeof(A), 2.0 * C),
+                       [&](Eigen::Index begin, Eigen::Index end) {
+                         NormsDispatch(dims, prev_features, prev_norms, begin, end);
+                       });
+    device.parallelFor(
+        dims.positions(),
+        Eigen::TensorOpCost(sizeof(T) * (C * (K2 + 1) + D * K2), sizeof(T) * (D + K2),
+                            2.0 * C * (K2 + 1) + 2.0 * D * K2),
+        [&](Eigen::Index begin, Eigen::Index end) {
+          ForwardDispatch(dims, features, prev_features, prev_memory, prev_norms, aligned,
+                          coefficients, begin, end);
+        });
+  }
+};
+
+template <typename T>
+struct MatchTransGradFunctor<CPUDevice, T> {
+  void operator()(const CPUDevice& device, const Dims& dims, const T* coefficients,
+                  const T* grad_aligned, T* grad_prev_memory) {
+    const int64_t D = dims.depth, K2 = dims.window();
+    device.parallelFor(
+        dims.positions(),
+        Eigen::TensorOpCost(sizeof(T) * K2 * (D + 1), sizeof(T) * D, 2.0 * D * K2),
+        [&](Eigen::Index begin, Eigen::Index end) {
+          GradDispatch(dims, coefficients, grad_aligned, grad_prev_memory, begin, end);
+        });
+  }
+};
+
+}  // namespace match_trans
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+namespace errors = ::tensorflow::errors;
+
+namespace {
+
+void ReadK(OpKernelConstruction* ctx, int* k) {
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("k", k));
+  OP_REQUIRES(ctx, *k >= 0, errors::InvalidArgument("MatchTrans: k must be >= 0, got ", *k));
+}
+
+bool SameBHW(const TensorShape& a, const TensorShape& b) {
+  return a.dim_size(0) == b.dim_size(0) && a.dim_size(1) == b.dim_size(1) &&
+         a.dim_size(2) == b.dim_size(2);
+}
+
+}  // namespace
+
+template <typename Device, typename T>
+class MatchTransOp : public OpKernel {
+ public:
+  explicit MatchTransOp(OpKernelConstruction* ctx) : OpKernel(ctx) { ReadK(ctx, &k_); }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& features = ctx->input(0);
+    const Tensor& prev_features = ctx->input(1);
+    const Tensor& prev_memory = ctx->input(2);
+    const char* names[] = {"features", "prev_features", "prev_memory"};
+    for (int i = 0; i < 3; ++i) {
+      OP_REQUIRES(ctx, ctx->input(i).dims() == 4,
+                  errors::InvalidArgument("MatchTrans: ", names[i],
+                                          " must be rank 4 [B, H, W, C], got shape ",
+                                          ctx->input(i).shape().DebugString()));
+    }
+    OP_REQUIRES(ctx,
+                SameBHW(features.shape(), prev_features.shape()) &&
+                    SameBHW(features.shape(), prev_memory.shape()),
+                errors::InvalidArgument(
+                    "MatchTrans: features, prev_features and prev_memory must agree in "
+                    "batch, height and width, got ",
+                    features.shape().DebugString(), ", ", prev_features.shape().DebugString(),
+                    " and ", prev_memory.shape().DebugString()));
+    OP_REQUIRES(ctx, features.dim_size(3) == prev_features.dim_size(3),
+                errors::InvalidArgument(
+                    "MatchTrans: features and prev_features must have the same depth, got ",
+                    features.shape().DebugString(), " and ",
+                    prev_features.shape().DebugString()));
+
+    match_trans::Dims dims{features.dim_size(0), features.dim_size(1), features.dim_size(2),
+                           features.dim_size(3), prev_memory.dim_size(3), k_};
+    Tensor* aligned = nullptr;
+    Tensor* coefficients = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, prev_memory.shape(), &aligned));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            1,
+                            TensorShape({dims.batch, dims.height, dims.width, dims.window()}),
+                            &coefficients));
+    if (dims.positions() == 0) return;  // empty batch or map: empty results
+
+    using A = typename match_trans::Accumulator<T>::type;
+    Tensor norms;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DataTypeToEnum<A>::value,
+                                           TensorShape({dims.positions()}), &norms));
+    match_trans::MatchTransFunctor<Device, T>()(
+        ctx->eigen_device<Device>(), dims, features.flat<T>().data(),
+        prev_features.flat<T>().data(), prev_memory.flat<T>().data(), norms.flat<A>().data(),
+        aligned->flat<T>().data(), coefficients->flat<T>().data());
+  }
+
+ private:
+  int k_;
+};
+
+template <typename Device, typename T>
+class MatchTransGradOp : public OpKernel {
+ public:
+  explicit MatchTransGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) { ReadK(ctx, &k_); }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& coefficients = ctx->input(0);
+    const Tensor& grad_aligned = ctx->input(1);
+    OP_REQUIRES(ctx, coefficients.dims() == 4 && grad_aligned.dims() == 4,
+                errors::InvalidArgument(
+                    "MatchTransGrad: coefficients and grad_aligned_memory must be rank 4, got ",
+                    coefficients.shape().DebugString(), " and ",
+                    grad_aligned.shape().DebugString()));
+    const int64_t side = 2 * static_cast<int64_t>(k_) + 1;
+    OP_REQUIRES(ctx,
+                SameBHW(coefficients.shape(), grad_aligned.shape()) &&
+                    coefficients.dim_size(3) == side * side,
+                errors::InvalidArgument("MatchTransGrad: coefficients must be [B, H, W, ",
+                                        side * side, "] matching grad_aligned_memory, got ",
+                                        coefficients.shape().DebugString(), " and ",
+                                        grad_aligned.shape().DebugString()));
+    match_trans::Dims dims{grad_aligned.dim_size(0), grad_aligned.dim_size(1),
+                           grad_aligned.dim_size(2), 0, grad_aligned.dim_size(3), k_};
+    Tensor* grad = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, grad_aligned.shape(), &grad));
+    if (dims.positions() == 0) return;
+    match_trans::MatchTransGradFunctor<Device, T>()(
+        ctx->eigen_device<Device>(), dims, coefficients.flat<T>().data(),
+        grad_aligned.flat<T>().data(), grad->flat<T>().data());
+  }
+
+ private:
+  int k_;
+};
+
+#define REGISTER_CPU(T)                                                             \
+  REGISTER_KERNEL_BUILDER(                                                          \
+      Name("Stmn>MatchTrans").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
+      MatchTransOp<match_trans::CPUDevice, T>);                                     \
+  REGISTER_KERNEL_BUILDER(Name("Stmn>MatchTransGrad")                               \
+                              .Device(::tensorflow::DEVICE_CPU)                     \
+                              .TypeConstraint<T>("T"),                              \
+                          MatchTransGradOp<match_trans::CPUDevice, T>);
+REGISTER_CPU(Eigen::half);
+REGISTER_CPU(float);
+REGISTER_CPU(double);
+#undef REGISTER_CPU
+
+#if GOOGLE_CUDA
+namespace match_trans {
+#define DECLARE_GPU(T)                                     \
+  extern template struct MatchTransFunctor<GPUDevice, T>; \
+  extern template struct MatchTransGradFunctor<GPUDevice, T>;
+DECLARE_GPU(Eigen::half);
+DECLARE_GPU(float);
+DECLARE_GPU(double);
+#undef DECLARE_GPU
+}  // namespace match_trans
+
+#define REGISTER_GPU(T)                                                             \
+  REGISTER_KERNEL_BUILDER(                                                          \
+      Name("Stmn>MatchTrans").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
+      MatchTransOp<match_trans::GPUDevice, T>);                                     \
+  REGISTER_KERNEL_BUILDER(Name("Stmn>MatchTransGrad")                               \
+                              .Device(::tensorflow::DEVICE_GPU)                     \
+                              .TypeConstraint<T>("T"),                              \
+                          MatchTransGradOp<match_trans::GPUDevice, T>);
+REGISTER_GPU(Eigen::half);
+REGISTER_GPU(float);
+REGISTER_GPU(double);
+#undef REGISTER_GPU
+#endif  // GOOGLE_CUDA
+
+}  // namespace stmn

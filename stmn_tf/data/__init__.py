@@ -1,0 +1,1 @@
+"""SequenceExample schema, converters, synthetic videos and the tf.data pipeline."""

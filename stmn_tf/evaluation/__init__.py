@@ -1,0 +1,1 @@
+"""ImageNet VID devkit mAP, the FGFA motion breakdown and COCO AP."""

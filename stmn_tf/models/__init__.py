@@ -1,0 +1,1 @@
+"""Backbones, heads, the static R-FCN and STMN detectors, weight transfer."""

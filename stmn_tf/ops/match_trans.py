@@ -1,0 +1,261 @@
+"""MatchTrans (Xiao & Lee, ECCV 2018, Sec. 3.3): the compiled op and its pure-TF twin.
+
+Both follow the authors' implementation (DESIGN.md §2), which differs from the paper's
+Eq. 5 in three ways: the affinity is the cosine, not the raw dot product; it is ReLU'd
+before normalisation; and neighbours outside the map are skipped rather than zero
+padded, with the memory kept as it is where the window's affinities sum below 1e-7.
+Like the authors' code, no gradient flows into the features through the coefficients:
+only the memory is differentiated.
+
+Shapes (NHWC): features and prev_features `[B, H, W, C]`, prev_memory `[B, H, W, D]`,
+coefficients `[B, H, W, (2k+1)^2]` with offset `(dy, dx)` at `(dy+k)*(2k+1) + (dx+k)`.
+"""
+
+import os
+import threading
+import warnings
+
+import tensorflow as tf
+
+_LIBRARY_NAME = "_match_trans_ops.so"
+_LIBRARY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), _LIBRARY_NAME)
+_REBUILD_HINT = (
+    "Rebuild it with `make install` (or `python custom_ops/build.py --force`) against the "
+    "TensorFlow that is installed now, or pass implementation='tf' to use the pure-TF "
+    "implementation."
+)
+
+_NORM_EPSILON = 1e-8  # added to each norm, as in the authors' code
+_MIN_MASS = 1e-7  # below this the window has no positive affinity: identity
+
+_lock = threading.Lock()
+_library = None
+_load_error = None
+_warned = False
+
+IMPLEMENTATIONS = ("auto", "custom_op", "tf")
+
+
+class OpLibraryError(RuntimeError):
+    """The compiled MatchTrans library is missing or does not load."""
+
+
+def load_library():
+    """Loads the compiled op library once and returns its module.
+
+    Raises:
+      OpLibraryError: if the library is missing or fails to load (for example when
+        it was built against another TensorFlow), with how to rebuild it.
+    """
+    global _library, _load_error
+    with _lock:
+        if _library is not None:
+            return _library
+        if _load_error is not None:
+            raise OpLibraryError(_load_error)
+        if not os.path.exists(_LIBRARY_PATH):
+            _load_error = f"The MatchTrans op library {_LIBRARY_PATH} is missing. {_REBUILD_HINT}"
+            raise OpLibraryError(_load_error)
+        try:
+            _library = tf.load_op_library(_LIBRARY_PATH)
+        except (tf.errors.NotFoundError, OSError) as e:
+            _load_error = (
+                f"The MatchTrans op library {_LIBRARY_PATH} failed to load ({e}); it was "
+                f"probably built against another TensorFlow (now {tf.__version__}). "
+                f"{_REBUILD_HINT}"
+            )
+            raise OpLibraryError(_load_error) from e
+        return _library
+
+
+def custom_op_available():
+    """True when the compiled op library loads."""
+    try:
+        load_library()
+        return True
+    except OpLibraryError:
+        return False
+
+
+def _resolve(implementation):
+    global _warned
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
+        )
+    if implementation == "auto":
+        if custom_op_available():
+            return "custom_op"
+        if not _warned:
+            _warned = True
+            warnings.warn(
+                f"MatchTrans: {_load_error} Using the pure-TF implementation.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return "tf"
+    return implementation
+
+
+def _check_k(k):
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"MatchTrans: k must be an integer >= 0, got {k!r}")
+
+
+def _check_inputs(features, prev_features, prev_memory=None):
+    """Static checks with the same messages as the kernel; dynamic dims pass through."""
+    named = [("features", features), ("prev_features", prev_features)]
+    if prev_memory is not None:
+        named.append(("prev_memory", prev_memory))
+    for name, t in named:
+        if t.shape.rank is not None and t.shape.rank != 4:
+            raise ValueError(
+                f"MatchTrans: {name} must be rank 4 [B, H, W, C], got shape {t.shape}"
+            )
+    shapes = [t.shape for _, t in named]
+    if all(s.rank == 4 for s in shapes):
+        bhw = shapes[0][:3]
+        for s in shapes[1:]:
+            if not bhw.is_compatible_with(s[:3]):
+                raise ValueError(
+                    "MatchTrans: features, prev_features and prev_memory must agree in "
+                    f"batch, height and width, got {', '.join(str(s) for s in shapes)}"
+                )
+        if not shapes[0][3:].is_compatible_with(shapes[1][3:]):
+            raise ValueError(
+                "MatchTrans: features and prev_features must have the same depth, got "
+                f"{shapes[0]} and {shapes[1]}"
+            )
+
+
+def _convert(features, prev_features, prev_memory=None):
+    features = tf.convert_to_tensor(features)
+    prev_features = tf.convert_to_tensor(prev_features, dtype=features.dtype)
+    if prev_memory is not None:
+        prev_memory = tf.convert_to_tensor(prev_memory, dtype=features.dtype)
+    return features, prev_features, prev_memory
+
+
+# ----------------------------------------------------------------------------------
+# The pure-TF twin.
+
+
+def _tf_coefficients(features, prev_features, k):
+    """Normalised coefficients `[B, H, W, (2k+1)^2]` with standard ops (XLA-friendly)."""
+    compute_dtype = tf.float64 if features.dtype == tf.float64 else tf.float32
+    f = tf.cast(features, compute_dtype)
+    fp = tf.cast(prev_features, compute_dtype)
+    f = f / (tf.norm(f, axis=-1, keepdims=True) + _NORM_EPSILON)
+    fp = fp / (tf.norm(fp, axis=-1, keepdims=True) + _NORM_EPSILON)
+    h, w = tf.shape(f)[1], tf.shape(f)[2]
+    paddings = [[0, 0], [k, k], [k, k], [0, 0]]
+    fp_padded = tf.pad(fp, paddings)
+    # In-bounds mask of each offset, so that out-of-bounds neighbours are skipped.
+    inside = tf.pad(tf.ones_like(fp[..., :1]), paddings)
+    affinities, masks = [], []
+    for dy in range(2 * k + 1):
+        for dx in range(2 * k + 1):
+            neighbour = fp_padded[:, dy : dy + h, dx : dx + w, :]
+            affinities.append(tf.reduce_sum(f * neighbour, axis=-1))
+            masks.append(inside[:, dy : dy + h, dx : dx + w, 0])
+    a = tf.nn.relu(tf.stack(affinities, axis=-1)) * tf.stack(masks, axis=-1)
+    mass = tf.reduce_sum(a, axis=-1, keepdims=True)
+    identity = tf.one_hot((2 * k + 1) * k + k, (2 * k + 1) ** 2, dtype=compute_dtype)
+    use_identity = mass < _MIN_MASS
+    coefficients = tf.where(use_identity, identity, a / tf.where(use_identity, 1.0, mass))
+    return tf.cast(coefficients, features.dtype)
+
+
+def _tf_align(coefficients, prev_memory, k):
+    """sum_o coef[..., o] * prev_memory(p + o): `[B, H, W, D]`."""
+    compute_dtype = tf.float64 if prev_memory.dtype == tf.float64 else tf.float32
+    m = tf.cast(prev_memory, compute_dtype)
+    c = tf.cast(coefficients, compute_dtype)
+    h, w = tf.shape(m)[1], tf.shape(m)[2]
+    m_padded = tf.pad(m, [[0, 0], [k, k], [k, k], [0, 0]])
+    out = tf.zeros_like(m)
+    side = 2 * k + 1
+    for dy in range(side):
+        for dx in range(side):
+            out += c[..., dy * side + dx, None] * m_padded[:, dy : dy + h, dx : dx + w, :]
+    return tf.cast(out, prev_memory.dtype)
+
+
+def _tf_match_trans(features, prev_features, prev_memory, k):
+    # The authors pass no gradient to the features through the coefficients.
+    coefficients = tf.stop_gradient(_tf_coefficients(features, prev_features, k))
+    return _tf_align(coefficients, prev_memory, k)
+
+
+# ----------------------------------------------------------------------------------
+# The compiled op.
+
+
+def _op_match_trans(features, prev_features, prev_memory, k):
+    library = load_library()
+    aligned, _ = library.stmn_match_trans(features, prev_features, prev_memory, k=k)
+    return aligned
+
+
+@tf.RegisterGradient("Stmn>MatchTrans")
+def _match_trans_grad(op, grad_aligned, grad_coefficients):
+    """Exact gradient for prev_memory; none for the features (as the authors)."""
+    del grad_coefficients  # the coefficients carry no gradient to the features
+    k = op.get_attr("k")
+    grad_memory = load_library().stmn_match_trans_grad(op.outputs[1], grad_aligned, k=k)
+    return [None, None, grad_memory]
+
+
+# ----------------------------------------------------------------------------------
+# Public API.
+
+
+def match_trans(features, prev_features, prev_memory, k=2, implementation="auto"):
+    """Aligns `prev_memory` to `features` with MatchTrans.
+
+    Args:
+      features: float `[B, H, W, C]`, the features of frame t.
+      prev_features: `[B, H, W, C]`, the features of frame t-1.
+      prev_memory: `[B, H, W, D]`, the memory after frame t-1.
+      k: int. The window radius; the window is (2k+1) x (2k+1). Defaults to 2.
+      implementation: `"custom_op"` (the compiled C++/CUDA op), `"tf"` (standard
+        TensorFlow ops, XLA-compilable, used for portable SavedModels) or `"auto"`
+        (the op when its library loads, else `"tf"` with a warning). Defaults to
+        `"auto"`.
+
+    Returns:
+      The aligned memory, `[B, H, W, D]`, same dtype as the inputs.
+    """
+    _check_k(k)
+    features, prev_features, prev_memory = _convert(features, prev_features, prev_memory)
+    _check_inputs(features, prev_features, prev_memory)
+    if _resolve(implementation) == "custom_op":
+        return _op_match_trans(features, prev_features, prev_memory, k)
+    return _tf_match_trans(features, prev_features, prev_memory, k)
+
+
+def match_trans_coefficients(features, prev_features, k=2, implementation="tf"):
+    """The normalised MatchTrans coefficients.
+
+    Args:
+      features: float `[B, H, W, C]`.
+      prev_features: `[B, H, W, C]`.
+      k: int. The window radius. Defaults to 2.
+      implementation: as in `match_trans`. Defaults to `"tf"`.
+
+    Returns:
+      `[B, H, W, (2k+1)^2]`: for each position, the ReLU'd cosine affinities to the
+      in-bounds neighbours normalised to sum 1, offset `(dy, dx)` at index
+      `(dy+k)*(2k+1) + (dx+k)`, zero for out-of-bounds neighbours; a one-hot at the
+      centre where no neighbour has a positive affinity (the identity fallback).
+    """
+    _check_k(k)
+    features, prev_features, _ = _convert(features, prev_features)
+    _check_inputs(features, prev_features)
+    if _resolve(implementation) == "custom_op":
+        memory = tf.zeros(tf.concat([tf.shape(features)[:3], [0]], 0), features.dtype)
+        _, coefficients = load_library().stmn_match_trans(
+            features, prev_features, memory, k=k
+        )
+        return tf.stop_gradient(coefficients)
+    return tf.stop_gradient(_tf_coefficients(features, prev_features, k))

@@ -1,0 +1,1 @@
+"""SavedModel export module, signatures and serving clients."""
