@@ -1,0 +1,164 @@
+"""The bidirectional spatial-temporal memory of STMN (paper Sec. 3.1, Fig. 2)."""
+
+import keras
+
+from stmn_tf.layers._gated_conv import project_inputs
+from stmn_tf.layers.conv_gru import ConvGRU
+from stmn_tf.layers.stmm import STMM
+
+CELLS = ("stmm", "convgru")
+
+
+@keras.saving.register_keras_serializable(package="stmn_tf")
+class BidirectionalSTMM(keras.layers.Layer):
+    """Two memories over a clip, one forward and one backward in time, concatenated.
+
+    `outputs[:, t]` is `[M_fwd_t, M_bwd_t]`: the forward memory after reading frames
+    1..t, then the backward memory after reading frames T..t, both at the index of
+    frame t (paper Sec. 3.1). In STMN this replaces the static R-FCN's 3x3 conv with
+    `2 * filters` outputs, and `stmn_tf.models.weight_transfer` initialises the two
+    directions' W, W_z, W_r from that conv's two halves of output channels.
+
+    The W, W_z and W_r convolutions of both directions and all frames run as one
+    convolution before the two recurrences (their kernels are concatenated at call
+    time; the cells' `Conv2D` layers own the weights). T, H and W may be None.
+
+    Args:
+        filters: int. Channels of each direction's memory; the output has
+            `2 * filters`. The paper uses 512.
+        cell: str. `"stmm"` (STMM, Eqs. 1-4) or `"convgru"` (ConvGRU baseline).
+            Defaults to `"stmm"`.
+        kernel_size: int or tuple. Size of the convolutions. Defaults to 3.
+        k: int. MatchTrans window radius. Defaults to 2.
+        align: bool. Align the memories with MatchTrans. Defaults to True.
+        std_multiplier: float. K of BN* (STMM only). Defaults to 3.0.
+        input_scale: float. `s`, multiplying the W convolutions. Defaults to 1.0.
+        implementation: str. MatchTrans implementation, `"auto"`, `"custom_op"` or
+            `"tf"` (use `"tf"` for XLA). Defaults to `"auto"`.
+        kernel_initializer: initializer of W, W_z, W_r. Defaults to
+            `"glorot_uniform"`.
+        recurrent_initializer: initializer of U, U_z, U_r. Defaults to
+            `"glorot_uniform"`.
+        bias_initializer: initializer of the W biases. Defaults to `"zeros"`.
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        sequences: `[B, T, H, W, C]`, the features of a clip.
+
+    Returns:
+        `[B, T, H, W, 2 * filters]`: forward memory channels first, then backward.
+
+    Example:
+
+    ```python
+    import keras
+    from stmn_tf.layers import BidirectionalSTMM
+
+    clips = keras.Input((None, None, None, 16))  # [B, T, H, W, C]
+    memory = BidirectionalSTMM(8)(clips)  # [B, T, H, W, 16]
+    ```
+    """
+
+    def __init__(
+        self,
+        filters,
+        cell="stmm",
+        kernel_size=3,
+        k=2,
+        align=True,
+        std_multiplier=3.0,
+        input_scale=1.0,
+        implementation="auto",
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+        self.filters = filters
+        self.cell = cell
+        self.kernel_size = kernel_size
+        self.k = k
+        self.align = align
+        self.std_multiplier = std_multiplier
+        self.input_scale = input_scale
+        self.implementation = implementation
+        self.kernel_initializer = kernel_initializer
+        self.recurrent_initializer = recurrent_initializer
+        self.bias_initializer = bias_initializer
+        self.input_spec = keras.layers.InputSpec(ndim=5)
+
+    def _memory_layer(self, go_backwards, name):
+        kwargs = dict(
+            kernel_size=self.kernel_size,
+            k=self.k,
+            align=self.align,
+            input_scale=self.input_scale,
+            implementation=self.implementation,
+            kernel_initializer=self.kernel_initializer,
+            recurrent_initializer=self.recurrent_initializer,
+            bias_initializer=self.bias_initializer,
+            go_backwards=go_backwards,
+            dtype=self.dtype_policy,
+            name=name,
+        )
+        if self.cell == "stmm":
+            return STMM(self.filters, std_multiplier=self.std_multiplier, **kwargs)
+        return ConvGRU(self.filters, **kwargs)
+
+    def build(self, sequences_shape):
+        if len(sequences_shape) != 5:
+            raise ValueError(
+                "BidirectionalSTMM expects inputs of rank 5 [B, T, H, W, C], got "
+                f"shape {tuple(sequences_shape)}"
+            )
+        self.forward_layer = self._memory_layer(False, "forward")
+        self.backward_layer = self._memory_layer(True, "backward")
+        self.forward_layer.build(sequences_shape)
+        self.backward_layer.build(sequences_shape)
+        self.built = True
+
+    def call(self, sequences):
+        convs = self.forward_layer.cell.input_convs + self.backward_layer.cell.input_convs
+        # Both directions' W, W_z, W_r over all frames: one convolution.
+        projections = project_inputs(convs, sequences, self.input_scale)  # [B,T,H,W,6F]
+        forward_projections, backward_projections = keras.ops.split(projections, 2, -1)
+        forward, _, _ = self.forward_layer.recur(
+            sequences, forward_projections, reverse=False
+        )
+        # `recur` writes the backward memory at its frame's index: aligned with the
+        # input, no flip needed.
+        backward, _, _ = self.backward_layer.recur(
+            sequences, backward_projections, reverse=True
+        )
+        return keras.ops.concatenate([forward, backward], axis=-1)  # [B,T,H,W,2F]
+
+    def compute_output_shape(self, sequences_shape):
+        return tuple(sequences_shape[:-1]) + (2 * self.filters,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "cell": self.cell,
+                "kernel_size": self.kernel_size,
+                "k": self.k,
+                "align": self.align,
+                "std_multiplier": self.std_multiplier,
+                "input_scale": self.input_scale,
+                "implementation": self.implementation,
+                "kernel_initializer": keras.initializers.serialize(
+                    keras.initializers.get(self.kernel_initializer)
+                ),
+                "recurrent_initializer": keras.initializers.serialize(
+                    keras.initializers.get(self.recurrent_initializer)
+                ),
+                "bias_initializer": keras.initializers.serialize(
+                    keras.initializers.get(self.bias_initializer)
+                ),
+            }
+        )
+        return config

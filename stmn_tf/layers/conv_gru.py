@@ -1,0 +1,104 @@
+"""The ConvGRU recurrent layer over a clip `[B, T, H, W, C]`."""
+
+import keras
+
+from stmn_tf.layers._gated_conv import GatedConvRNN
+from stmn_tf.layers.conv_gru_cell import ConvGRUCell
+
+
+@keras.saving.register_keras_serializable(package="stmn_tf")
+class ConvGRU(GatedConvRNN):
+    """A convolutional GRU over a clip (Ballas et al.), the paper's ablation baseline.
+
+    A `keras.layers.RNN` whose `.cell` is a `ConvGRUCell` (sigmoid gates, tanh
+    candidate, MatchTrans optional), run like `stmn_tf.layers.STMM`: any T, H, W, the
+    input convolutions of all frames in one convolution, the steps in one symbolic
+    loop. Masks are not supported.
+
+    Args:
+        filters: int. Channels of the memory.
+        kernel_size: int or tuple. Size of the six convolutions. Defaults to 3.
+        k: int. MatchTrans window radius. Defaults to 2.
+        align: bool. Align the memory with MatchTrans. Defaults to False.
+        input_scale: float. `s`, multiplying the W convolutions. Defaults to 1.0.
+        implementation: str. MatchTrans implementation, `"auto"`, `"custom_op"` or
+            `"tf"`. Defaults to `"auto"`.
+        kernel_initializer: initializer of W, W_z, W_r. Defaults to
+            `"glorot_uniform"`.
+        recurrent_initializer: initializer of U, U_z, U_r. Defaults to
+            `"glorot_uniform"`.
+        bias_initializer: initializer of the W biases. Defaults to `"zeros"`.
+        return_sequences: bool. Return the memory of every frame, else the last.
+            Defaults to True.
+        return_state: bool. Also return the final state `[memory, last_features]`.
+            Defaults to False.
+        go_backwards: bool. Process the clip from the last frame to the first (the
+            returned sequence is then in processing order, as in `keras.layers.RNN`).
+            Defaults to False.
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        sequences: `[B, T, H, W, C]`.
+        initial_state: optional memory `[B, H, W, filters]` or
+            `[memory, prev_features [B, H, W, C]]`. Defaults to zero memory.
+
+    Returns:
+        `[B, T, H, W, filters]` (`return_sequences`) or `[B, H, W, filters]`; with
+        `return_state`, also the final memory and the last frame read.
+
+    Example:
+
+    ```python
+    import keras
+    from stmn_tf.layers import ConvGRU
+
+    clips = keras.Input((None, None, None, 16))
+    memory = ConvGRU(8)(clips)  # [B, T, H, W, 8]
+    ```
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size=3,
+        k=2,
+        align=False,
+        input_scale=1.0,
+        implementation="auto",
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        return_sequences=True,
+        return_state=False,
+        go_backwards=False,
+        **kwargs,
+    ):
+        cell = ConvGRUCell(
+            filters,
+            kernel_size=kernel_size,
+            k=k,
+            align=align,
+            input_scale=input_scale,
+            implementation=implementation,
+            kernel_initializer=kernel_initializer,
+            recurrent_initializer=recurrent_initializer,
+            bias_initializer=bias_initializer,
+            dtype=kwargs.get("dtype"),
+            name="conv_gru_cell",
+        )
+        super().__init__(
+            cell,
+            return_sequences=return_sequences,
+            return_state=return_state,
+            go_backwards=go_backwards,
+            **kwargs,
+        )
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.k = k
+        self.align = align
+        self.input_scale = input_scale
+        self.implementation = implementation
+        self.kernel_initializer = kernel_initializer
+        self.recurrent_initializer = recurrent_initializer
+        self.bias_initializer = bias_initializer

@@ -1,0 +1,68 @@
+"""The MatchTrans layer."""
+
+import keras
+
+from stmn_tf.ops.match_trans import match_trans
+
+
+@keras.saving.register_keras_serializable(package="stmn_tf")
+class MatchTrans(keras.layers.Layer):
+    """MatchTrans: aligns the memory of frame t-1 to frame t (paper Sec. 3.3).
+
+    For each position, the ReLU'd cosine affinities between `F_t(x, y)` and the
+    in-bounds neighbours `F_{t-1}(x+i, y+j)`, `i, j in [-k, k]`, are normalised to sum
+    1 and used to average the memory `M_{t-1}` over the same window. This follows the
+    authors' code rather than the paper's Eq. 5 (cosine instead of dot product, ReLU
+    before normalisation, out-of-bounds neighbours skipped; see
+    `stmn_tf.ops.match_trans`). No gradient flows to the features through the
+    coefficients, only to the memory. The layer has no weights.
+
+    Args:
+        k: int. Window radius; the window is `(2k+1) x (2k+1)`. Defaults to 2.
+        implementation: str. `"custom_op"` (the compiled op), `"tf"` (standard
+            TensorFlow ops, XLA-compilable) or `"auto"` (the op when its library
+            loads, else `"tf"`). Defaults to `"auto"`.
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: list `[features, prev_features, prev_memory]` with `features` and
+            `prev_features` `[B, H, W, C]` and `prev_memory` `[B, H, W, D]`.
+
+    Returns:
+        The aligned memory, `[B, H, W, D]`.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from stmn_tf.layers import MatchTrans
+
+    features = np.random.rand(1, 6, 6, 8).astype("float32")
+    memory = np.random.rand(1, 6, 6, 4).astype("float32")
+    # Identical frames: every position mostly keeps its own memory.
+    aligned = MatchTrans(k=1)([features, features, memory])  # [1, 6, 6, 4]
+    ```
+    """
+
+    def __init__(self, k=2, implementation="auto", **kwargs):
+        super().__init__(**kwargs)
+        self.k = k
+        self.implementation = implementation
+
+    def call(self, inputs):
+        features, prev_features, prev_memory = inputs
+        return match_trans(
+            features,
+            prev_features,
+            prev_memory,
+            k=self.k,
+            implementation=self.implementation,
+        )
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[2])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"k": self.k, "implementation": self.implementation})
+        return config

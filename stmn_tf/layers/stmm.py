@@ -1,0 +1,114 @@
+"""The STMM recurrent layer over a clip `[B, T, H, W, C]`."""
+
+import keras
+
+from stmn_tf.layers._gated_conv import GatedConvRNN
+from stmn_tf.layers.stmm_cell import STMMCell
+
+
+@keras.saving.register_keras_serializable(package="stmn_tf")
+class STMM(GatedConvRNN):
+    """The Spatial-Temporal Memory Module over a clip, one direction (paper Sec. 3.2).
+
+    A `keras.layers.RNN` whose `.cell` is an `STMMCell` (see there for Eqs. 1-4), in
+    the way `keras.layers.ConvLSTM2D` wraps its cell, with two differences that matter
+    for video: the initial state is built from the input, so T, H and W may all be
+    None; and the input convolutions W, W_z, W_r of all T frames run as one
+    convolution before the recurrence (they do not depend on the memory), whose
+    steps then run as one symbolic loop (`keras.ops.scan`, a `tf.while_loop`).
+    Masks are not supported.
+
+    Args:
+        filters: int. Channels of the memory.
+        kernel_size: int or tuple. Size of the six convolutions. Defaults to 3.
+        k: int. MatchTrans window radius. Defaults to 2.
+        align: bool. Align the memory with MatchTrans. Defaults to True.
+        std_multiplier: float. K of BN*. Defaults to 3.0.
+        input_scale: float. `s`, multiplying the W convolutions. Defaults to 1.0.
+        implementation: str. MatchTrans implementation, `"auto"`, `"custom_op"` or
+            `"tf"` (use `"tf"` for XLA). Defaults to `"auto"`.
+        kernel_initializer: initializer of W, W_z, W_r. Defaults to
+            `"glorot_uniform"`.
+        recurrent_initializer: initializer of U, U_z, U_r. Defaults to
+            `"glorot_uniform"`.
+        bias_initializer: initializer of the W biases. Defaults to `"zeros"`.
+        return_sequences: bool. Return the memory of every frame, else the last.
+            Defaults to True.
+        return_state: bool. Also return the final state `[memory, last_features]`.
+            Defaults to False.
+        go_backwards: bool. Process the clip from the last frame to the first; as in
+            `keras.layers.RNN`, the returned sequence is then in processing (reversed)
+            order. Defaults to False.
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        sequences: `[B, T, H, W, C]`, the features F_1..F_T.
+        initial_state: optional. The memory `[B, H, W, filters]`, or
+            `[memory, prev_features [B, H, W, C]]` (for instance the states a previous
+            call returned with `return_state=True`, to continue a stream). Defaults
+            to zero memory with `F_{t-1} = F_t` at the first step.
+
+    Returns:
+        `[B, T, H, W, filters]` (`return_sequences`) or `[B, H, W, filters]`; with
+        `return_state`, also the final memory `[B, H, W, filters]` and the last frame
+        read `[B, H, W, C]`.
+
+    Example:
+
+    ```python
+    import keras
+    from stmn_tf.layers import STMM
+
+    clips = keras.Input((None, None, None, 16))  # any T, H, W
+    memory = STMM(8)(clips)  # [B, T, H, W, 8]
+    ```
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size=3,
+        k=2,
+        align=True,
+        std_multiplier=3.0,
+        input_scale=1.0,
+        implementation="auto",
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        return_sequences=True,
+        return_state=False,
+        go_backwards=False,
+        **kwargs,
+    ):
+        cell = STMMCell(
+            filters,
+            kernel_size=kernel_size,
+            k=k,
+            align=align,
+            std_multiplier=std_multiplier,
+            input_scale=input_scale,
+            implementation=implementation,
+            kernel_initializer=kernel_initializer,
+            recurrent_initializer=recurrent_initializer,
+            bias_initializer=bias_initializer,
+            dtype=kwargs.get("dtype"),
+            name="stmm_cell",
+        )
+        super().__init__(
+            cell,
+            return_sequences=return_sequences,
+            return_state=return_state,
+            go_backwards=go_backwards,
+            **kwargs,
+        )
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.k = k
+        self.align = align
+        self.std_multiplier = std_multiplier
+        self.input_scale = input_scale
+        self.implementation = implementation
+        self.kernel_initializer = kernel_initializer
+        self.recurrent_initializer = recurrent_initializer
+        self.bias_initializer = bias_initializer
