@@ -102,7 +102,10 @@ def build_library(name, folder, use_cuda=True, force=False, cxx=None, nvcc=None)
                     obj = os.path.join(tmp, os.path.basename(src) + ".o")
                     _run([nvcc, "-c", src, "-o", obj, "-x", "cu", "-DGOOGLE_CUDA=1",
                           "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC", "-O3",
-                          "-I", cuda_include, "-I", src_dir,
+                          # nvcc's own CUDA headers here: the wheel's CUDA 12.5 headers
+                          # shadow nvcc 13's crt/ and break its launch stubs. The host
+                          # compile below uses the wheel's, as TensorFlow's headers do.
+                          "-I", src_dir,
                           "-gencode=arch=compute_80,code=sm_80",
                           "-gencode=arch=compute_90,code=sm_90",
                           "-gencode=arch=compute_90,code=compute_90",
@@ -110,10 +113,12 @@ def build_library(name, folder, use_cuda=True, force=False, cxx=None, nvcc=None)
                           "-diag-suppress=20012,20014,20015,20236,20013,174,611,177,1675"]
                          + compile_flags, f"nvcc {os.path.basename(src)}")
                     objects.append(obj)
-                cuda_root = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-                libdir = next((d for d in (os.path.join(cuda_root, "lib64"),
-                                           os.path.join(cuda_root, "targets",
-                                                        "x86_64-linux", "lib"))
+                roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                         os.path.dirname(os.path.dirname(os.path.realpath(nvcc))),
+                         "/usr/local/cuda"]
+                libdir = next((d for root in roots if root
+                               for d in (os.path.join(root, "lib64"),
+                                         os.path.join(root, "targets", "x86_64-linux", "lib"))
                                if os.path.exists(os.path.join(d, "libcudart_static.a"))),
                               None)
                 if libdir is None:

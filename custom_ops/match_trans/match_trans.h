@@ -167,8 +167,8 @@ STMN_HOST_DEVICE void AlignGradAt(const T* coefficients, const T* grad_aligned, 
 struct Dims {
   int64_t batch, height, width, channels, depth;
   int k;
-  int64_t positions() const { return batch * height * width; }
-  int64_t window() const { return static_cast<int64_t>(2 * k + 1) * (2 * k + 1); }
+  STMN_HOST_DEVICE int64_t positions() const { return batch * height * width; }
+  STMN_HOST_DEVICE int64_t window() const { return static_cast<int64_t>(2 * k + 1) * (2 * k + 1); }
 };
 
 // Forward: fills `aligned` [B, H, W, D] and `coefficients` [B, H, W, (2k+1)^2].

@@ -102,6 +102,11 @@ def _check_k(k):
         raise ValueError(f"MatchTrans: k must be an integer >= 0, got {k!r}")
 
 
+def _fmt(shape):
+    """A shape as the kernel prints it: [4,5,3], with ? for unknown dimensions."""
+    return "[" + ",".join("?" if d is None else str(d) for d in shape.as_list()) + "]"
+
+
 def _check_inputs(features, prev_features, prev_memory=None):
     """Static checks with the same messages as the kernel; dynamic dims pass through."""
     named = [("features", features), ("prev_features", prev_features)]
@@ -110,7 +115,7 @@ def _check_inputs(features, prev_features, prev_memory=None):
     for name, t in named:
         if t.shape.rank is not None and t.shape.rank != 4:
             raise ValueError(
-                f"MatchTrans: {name} must be rank 4 [B, H, W, C], got shape {t.shape}"
+                f"MatchTrans: {name} must be rank 4 [B, H, W, C], got shape {_fmt(t.shape)}"
             )
     shapes = [t.shape for _, t in named]
     if all(s.rank == 4 for s in shapes):
@@ -119,12 +124,12 @@ def _check_inputs(features, prev_features, prev_memory=None):
             if not bhw.is_compatible_with(s[:3]):
                 raise ValueError(
                     "MatchTrans: features, prev_features and prev_memory must agree in "
-                    f"batch, height and width, got {', '.join(str(s) for s in shapes)}"
+                    f"batch, height and width, got {', '.join(_fmt(s) for s in shapes)}"
                 )
         if not shapes[0][3:].is_compatible_with(shapes[1][3:]):
             raise ValueError(
                 "MatchTrans: features and prev_features must have the same depth, got "
-                f"{shapes[0]} and {shapes[1]}"
+                f"{_fmt(shapes[0])} and {_fmt(shapes[1])}"
             )
 
 
