@@ -1,0 +1,383 @@
+"""What R-FCN and STMN share: backbone, features, RPN, R-FCN head, losses, decoding.
+
+A clip `[B, T, H, W, 3]` is processed as B*T frames everywhere except in the part
+between the features `F_t` and the R-FCN head (`head_features`), which the static
+R-FCN computes per frame and STMN computes with its memory over time.
+
+Inputs are dicts:
+  `images`: `[B, T, H, W, 3]` float RGB in [0, 255] (the backbone does the caffe
+    mean subtraction that the keras.applications ResNet weights expect).
+  `boxes`: `[B, T, G, 4]` normalised ymin, xmin, ymax, xmax (training only).
+  `labels`: `[B, T, G]` int, 1..C, 0 = padding (training only).
+  `proposals`: optional `[B, T, P, 4]` normalised yxyx external proposals
+    (the paper's precomputed ones); all-zero rows are padding. When given, the head
+    uses them instead of the RPN's (the RPN is still trained when boxes are given).
+"""
+
+import keras
+import tensorflow as tf
+
+from stmn_tf.models import losses as losses_lib
+from stmn_tf.models.backbone import load_keras_applications_weights
+from stmn_tf.models.backbone import resnet_backbone
+from stmn_tf.models.features import DetectorFeatures
+from stmn_tf.models.rfcn_head import RFCNHead
+from stmn_tf.models.rpn import RPNHead
+from stmn_tf.models.rpn import generate_proposals
+from stmn_tf.ops import box_ops
+from stmn_tf.ops import targets as targets_lib
+from stmn_tf.ops.anchors import generate_anchors
+
+LOSS_NAMES = ("rpn_class_loss", "rpn_box_loss", "class_loss", "box_loss", "total_loss")
+FEATURE_STRIDE = 16
+
+
+class TwoStageDetector(keras.Model):
+    """Base class of `RFCN` and `STMN`; see their docstrings for the arguments."""
+
+    def __init__(
+        self,
+        num_classes,
+        backbone_depth=101,
+        backbone_blocks=None,
+        backbone_filters=None,
+        backbone_stem_filters=64,
+        frozen_stages=2,
+        backbone_weights=None,
+        feature_reduce_channels=512,
+        feature_channels=1024,
+        feature_dilation=6,
+        rfcn_channels=512,
+        ps_roi_bins=7,
+        rpn_channels=512,
+        anchor_scales=(64, 128, 256, 512),
+        anchor_ratios=(0.5, 1.0, 2.0),
+        rpn_pre_nms_top_n_train=6000,
+        rpn_post_nms_top_n_train=2000,
+        rpn_pre_nms_top_n_test=6000,
+        rpn_post_nms_top_n_test=300,
+        rpn_nms_iou=0.7,
+        rpn_min_size=0.0,
+        rpn_batch_size=256,
+        rpn_positive_fraction=0.5,
+        rpn_positive_iou=0.7,
+        rpn_negative_iou=0.3,
+        num_rois=300,
+        foreground_fraction=0.25,
+        foreground_iou=0.5,
+        background_iou_high=0.5,
+        background_iou_low=0.0,
+        ohem_rois=0,
+        score_threshold=0.001,
+        nms_iou=0.3,
+        max_detections=100,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.backbone_depth = backbone_depth
+        self.backbone_blocks = tuple(backbone_blocks) if backbone_blocks else None
+        self.backbone_filters = tuple(backbone_filters) if backbone_filters else None
+        self.backbone_stem_filters = backbone_stem_filters
+        self.frozen_stages = frozen_stages
+        self.feature_reduce_channels = feature_reduce_channels
+        self.feature_channels = feature_channels
+        self.feature_dilation = feature_dilation
+        self.rfcn_channels = rfcn_channels
+        self.ps_roi_bins = ps_roi_bins
+        self.rpn_channels = rpn_channels
+        self.anchor_scales = tuple(float(s) for s in anchor_scales)
+        self.anchor_ratios = tuple(float(r) for r in anchor_ratios)
+        self.rpn_pre_nms_top_n_train = rpn_pre_nms_top_n_train
+        self.rpn_post_nms_top_n_train = rpn_post_nms_top_n_train
+        self.rpn_pre_nms_top_n_test = rpn_pre_nms_top_n_test
+        self.rpn_post_nms_top_n_test = rpn_post_nms_top_n_test
+        self.rpn_nms_iou = rpn_nms_iou
+        self.rpn_min_size = rpn_min_size
+        self.rpn_batch_size = rpn_batch_size
+        self.rpn_positive_fraction = rpn_positive_fraction
+        self.rpn_positive_iou = rpn_positive_iou
+        self.rpn_negative_iou = rpn_negative_iou
+        self.num_rois = num_rois
+        self.foreground_fraction = foreground_fraction
+        self.foreground_iou = foreground_iou
+        self.background_iou_high = background_iou_high
+        self.background_iou_low = background_iou_low
+        self.ohem_rois = ohem_rois
+        self.score_threshold = score_threshold
+        self.nms_iou = nms_iou
+        self.max_detections = max_detections
+
+        self.backbone = resnet_backbone(
+            depth=backbone_depth,
+            blocks=self.backbone_blocks,
+            filters=self.backbone_filters,
+            stem_filters=backbone_stem_filters,
+            frozen_stages=frozen_stages,
+            name="backbone",
+        )
+        self.features = DetectorFeatures(
+            feature_reduce_channels, feature_channels, feature_dilation, name="features"
+        )
+        self.rpn_head = RPNHead(
+            len(self.anchor_scales) * len(self.anchor_ratios), rpn_channels, name="rpn_head"
+        )
+        self.rfcn_head = RFCNHead(
+            num_classes, rfcn_channels, ps_roi_bins, FEATURE_STRIDE, name="rfcn_head"
+        )
+        self._loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+        self._build_head_features()
+        self._build_by_running()
+        if backbone_weights:
+            load_keras_applications_weights(self.backbone, backbone_weights, backbone_depth)
+
+    # -- subclass hooks -------------------------------------------------------
+
+    def _build_head_features(self):
+        """Creates the layers between `F_t` and the R-FCN head."""
+        raise NotImplementedError
+
+    def head_features(self, features, training=False):
+        """`[B, T, h, w, feature_channels]` -> `[B, T, h, w, C_head]`, the R-FCN head's input."""
+        raise NotImplementedError
+
+    # -- building -------------------------------------------------------------
+
+    def _build_by_running(self):
+        # Runs a 1-frame 32x32 clip once so that every layer has its weights before
+        # fit(), load_weights() or a tf.function trace.
+        features = self.extract_features(tf.zeros([1, 1, 32, 32, 3]))
+        self.rpn_head(features[:, 0])
+        head_input = self.head_features(features)
+        self.rfcn_head(head_input[:, 0], tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), tf.constant([32, 32]))
+        self.built = True
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    # -- forward pieces -------------------------------------------------------
+
+    def extract_features(self, images):
+        """`[B, T, H, W, 3]` RGB [0, 255] -> the features `F_t` `[B, T, h, w, C]` (stride 16)."""
+        images = tf.convert_to_tensor(images)
+        shape = tf.shape(images)
+        frames = tf.reshape(images, tf.concat([[-1], shape[2:]], axis=0))
+        _, conv5 = self.backbone(frames)
+        features = self.features(conv5)
+        return self._unflatten(features, shape[0], shape[1])
+
+    @staticmethod
+    def _flatten(x):
+        shape = tf.shape(x)
+        return tf.reshape(x, tf.concat([[-1], shape[2:]], axis=0))
+
+    @staticmethod
+    def _unflatten(x, batch, time):
+        shape = tf.shape(x)
+        return tf.reshape(x, tf.concat([[batch, time], shape[1:]], axis=0))
+
+    def _anchors(self, features_flat, image_size):
+        shape = tf.shape(features_flat)
+        return generate_anchors(
+            shape[1], shape[2], image_size[0], image_size[1], FEATURE_STRIDE,
+            self.anchor_scales, self.anchor_ratios,
+        )
+
+    def _proposals(self, inputs, logits, deltas, anchors, training):
+        if isinstance(inputs, dict) and inputs.get("proposals") is not None:
+            proposals = self._flatten(tf.cast(inputs["proposals"], tf.float32))
+            return proposals, box_ops.box_area(proposals) > 0.0
+        boxes, _, valid = generate_proposals(
+            logits,
+            deltas,
+            anchors,
+            self.rpn_pre_nms_top_n_train if training else self.rpn_pre_nms_top_n_test,
+            self.rpn_post_nms_top_n_train if training else self.rpn_post_nms_top_n_test,
+            self.rpn_nms_iou,
+            self.rpn_min_size,
+        )
+        return boxes, valid
+
+    def _first_stage(self, inputs, features, image_size, training):
+        """RPN on `F_t`: `(logits, deltas, anchors, proposals, proposals_valid)`, all per frame."""
+        features_flat = self._flatten(features)
+        logits, deltas = self.rpn_head(features_flat)
+        anchors = self._anchors(features_flat, image_size)
+        proposals, valid = self._proposals(inputs, logits, deltas, anchors, training)
+        return logits, deltas, anchors, proposals, valid
+
+    # -- training -------------------------------------------------------------
+
+    def compute_losses(self, inputs, training=True):
+        """The training losses of one batch of clips.
+
+        Pure TensorFlow with no Python side effects, so a custom loop can call it per
+        replica under `tf.distribute` (each replica's losses are means over its frames).
+
+        Args:
+          inputs: dict with `images`, `boxes`, `labels` and optionally `proposals`
+            (see the module docstring).
+          training: bool.
+
+        Returns:
+          dict of float32 scalars: `rpn_class_loss`, `rpn_box_loss`, `class_loss`,
+          `box_loss` and their sum `total_loss`.
+        """
+        images = tf.convert_to_tensor(inputs["images"])
+        image_size = tf.shape(images)[2:4]
+        gt_boxes = self._flatten(tf.cast(inputs["boxes"], tf.float32))  # [N, G, 4]
+        gt_labels = self._flatten(tf.cast(inputs["labels"], tf.int32))  # [N, G]
+        features = self.extract_features(images)  # [B, T, h, w, C]
+        logits, deltas, anchors, proposals, valid = self._first_stage(
+            inputs, features, image_size, training=True
+        )
+        rpn = targets_lib.rpn_targets(
+            anchors, gt_boxes, gt_labels, self.rpn_batch_size, self.rpn_positive_fraction,
+            self.rpn_positive_iou, self.rpn_negative_iou,
+        )
+        rpn_class_loss, rpn_box_loss = losses_lib.rpn_losses(
+            logits, deltas, rpn["labels"], rpn["box_targets"]
+        )
+        rois = targets_lib.sample_rois(
+            proposals, valid, gt_boxes, gt_labels, self.num_rois, self.foreground_fraction,
+            self.foreground_iou, self.background_iou_high, self.background_iou_low,
+        )
+        head_input = self._flatten(self.head_features(features, training=training))
+        class_logits, box_deltas = self.rfcn_head(head_input, rois["rois"], image_size)
+        class_loss, box_loss = losses_lib.rfcn_losses(
+            class_logits, box_deltas, rois["labels"], rois["valid"], rois["foreground"],
+            rois["box_targets"], ohem_rois=self.ohem_rois,
+        )
+        result = {
+            "rpn_class_loss": rpn_class_loss,
+            "rpn_box_loss": rpn_box_loss,
+            "class_loss": class_loss,
+            "box_loss": box_loss,
+        }
+        result["total_loss"] = tf.add_n(list(result.values()))
+        return result
+
+    def compile(self, optimizer="sgd", jit_compile=False, **kwargs):
+        """`keras.Model.compile` with XLA off by default: NMS does not compile with XLA."""
+        super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+
+    @property
+    def metrics(self):
+        return list(self._loss_trackers.values())
+
+    def _report(self, losses):
+        for name, value in losses.items():
+            self._loss_trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self._loss_trackers.items()}
+
+    def train_step(self, data):
+        inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            losses = self.compute_losses(inputs, training=True)
+            loss = losses["total_loss"]
+            if self.losses:
+                loss = loss + tf.add_n([tf.cast(l, tf.float32) for l in self.losses])
+            scaled = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(gradients, variables) if g is not None]
+        )
+        return self._report(losses)
+
+    def test_step(self, data):
+        inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self._report(self.compute_losses(inputs, training=False))
+
+    # -- inference ------------------------------------------------------------
+
+    def detect_from_features(self, features, image_size, proposals=None, training=False):
+        """Runs the RPN (unless `proposals`), the head and the post-processing on `F_t`.
+
+        Args:
+          features: `[B, T, h, w, C]` from `extract_features`.
+          image_size: `[2]` int, image height and width in pixels.
+          proposals: optional `[B, T, P, 4]` normalised yxyx, zero rows = padding.
+
+        Returns:
+          the `predict_step` dict.
+        """
+        shape = tf.shape(features)
+        inputs = {"proposals": proposals}
+        _, _, _, rois, valid = self._first_stage(inputs, features, image_size, training)
+        head_input = self._flatten(self.head_features(features, training=training))
+        class_logits, box_deltas = self.rfcn_head(head_input, rois, image_size)
+        return self._postprocess(class_logits, box_deltas, rois, valid, shape[0], shape[1])
+
+    def _postprocess(self, class_logits, box_deltas, rois, valid, batch, time):
+        scores = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)[..., 1:]
+        scores = scores * tf.cast(valid, tf.float32)[..., None]  # [N, R, C]
+        boxes = box_ops.clip_boxes_normalized(
+            box_ops.decode_boxes_yxyx(box_deltas, tf.cast(rois, tf.float32), box_ops.HEAD_BOX_WEIGHTS)
+        )
+        # Per-class NMS over class-agnostic boxes (R-FCN's test procedure).
+        nmsed = tf.image.combined_non_max_suppression(
+            boxes[:, :, None, :],
+            scores,
+            max_output_size_per_class=self.max_detections,
+            max_total_size=self.max_detections,
+            iou_threshold=self.nms_iou,
+            score_threshold=self.score_threshold,
+            clip_boxes=False,
+        )
+        return {
+            "detection_boxes": self._unflatten(nmsed.nmsed_boxes, batch, time),
+            "detection_scores": self._unflatten(nmsed.nmsed_scores, batch, time),
+            "detection_classes": self._unflatten(tf.cast(nmsed.nmsed_classes, tf.int32) + 1, batch, time),
+            "num_detections": tf.reshape(nmsed.valid_detections, [batch, time]),
+        }
+
+    def detect(self, inputs, training=False):
+        """`inputs` dict (or `images` tensor) -> the `predict_step` dict."""
+        if not isinstance(inputs, dict):
+            inputs = {"images": inputs}
+        images = tf.convert_to_tensor(inputs["images"])
+        features = self.extract_features(images)
+        return self.detect_from_features(
+            features, tf.shape(images)[2:4], inputs.get("proposals"), training=training
+        )
+
+    def call(self, inputs, training=False):
+        """Detections, see `predict_step`."""
+        return self.detect(inputs, training=training)
+
+    def predict_step(self, data):
+        """Detections after per-class NMS.
+
+        Returns:
+          dict: `detection_boxes` `[B, T, N, 4]` normalised ymin, xmin, ymax, xmax;
+          `detection_scores` `[B, T, N]`; `detection_classes` `[B, T, N]` int32, 1..C;
+          `num_detections` `[B, T]` int32 (entries past it are padding), N = max_detections.
+        """
+        inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self.detect(inputs, training=False)
+
+    # -- serialisation --------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        for key in (
+            "num_classes backbone_depth backbone_blocks backbone_filters backbone_stem_filters "
+            "frozen_stages feature_reduce_channels feature_channels feature_dilation "
+            "rfcn_channels ps_roi_bins rpn_channels anchor_scales anchor_ratios "
+            "rpn_pre_nms_top_n_train rpn_post_nms_top_n_train rpn_pre_nms_top_n_test "
+            "rpn_post_nms_top_n_test rpn_nms_iou rpn_min_size rpn_batch_size "
+            "rpn_positive_fraction rpn_positive_iou rpn_negative_iou num_rois "
+            "foreground_fraction foreground_iou background_iou_high background_iou_low "
+            "ohem_rois score_threshold nms_iou max_detections"
+        ).split():
+            config[key] = getattr(self, key)
+        # backbone_weights is left out: the weights travel with the saved model.
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("trainable", "dtype"):
+            config.pop(key, None)
+        return cls(**config)
