@@ -1,0 +1,1 @@
+"""Video inference: the test-time window schedule, the detector ensemble."""
