@@ -8,6 +8,7 @@ override `_gate` and `_candidate`.
 
 import keras
 
+from stmn_tf.ops.match_trans import IMPLEMENTATIONS
 from stmn_tf.ops.match_trans import match_trans
 
 # The custom op has float16/32/64 kernels; other dtypes (bfloat16) are aligned in float32.
@@ -81,6 +82,10 @@ class GatedConvCell(keras.layers.Layer):
         super().__init__(**kwargs)
         if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
             raise ValueError(f"filters must be a positive integer, got {filters!r}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
+            )
         self.filters = filters
         self.kernel_size = kernel_size
         self.k = k
@@ -111,7 +116,8 @@ class GatedConvCell(keras.layers.Layer):
             name=name,
         )
 
-    def build(self, input_shape, states_shape=None):
+    def build(self, inputs_shape, states_shape=None):
+        input_shape = inputs_shape
         if len(input_shape) != 4:
             raise ValueError(
                 f"{type(self).__name__} expects inputs of rank 4 [B, H, W, C], got "

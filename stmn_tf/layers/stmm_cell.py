@@ -29,8 +29,10 @@ class STMMCell(GatedConvCell):
     The state is `[memory [B, H, W, filters], prev_features [B, H, W, C]]`. Inside a
     plain `keras.layers.RNN` the initial state is zero memory and zero previous
     features (MatchTrans then falls back to the identity, which with zero memory is the
-    paper's first step) and needs a static H and W; `stmn_tf.layers.STMM` handles any
-    H, W and computes the W convolutions of all frames at once.
+    paper's first step) and needs a static H and W; call that RNN on tensors (eagerly
+    or in a `tf.function`: `keras.layers.RNN` cannot infer the symbolic output shape
+    of a convolutional cell). `stmn_tf.layers.STMM` is the layer for functional
+    models, handles any T, H, W and computes the W convolutions of all frames at once.
 
     Args:
         filters: int. Channels of the memory. The paper uses 512 per direction.
