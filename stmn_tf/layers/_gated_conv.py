@@ -310,10 +310,7 @@ class GatedConvRNN(keras.layers.RNN):
         if prev_features is None:
             prev_features = first  # the paper's first step: F_{t-1} = F_t
 
-        def time_major(x):
-            return keras.ops.moveaxis(x, 1, 0)
-
-        xs = [time_major(sequences), time_major(projections)]
+        per_frame = [sequences, projections]
         if self.cell.align:
             # F_{t-1} of every step as a sequence, so that the loop carries the memory
             # only: [p, F_1, ..., F_{T-1}] forward, [F_2, ..., F_T, p] backward.
@@ -322,17 +319,23 @@ class GatedConvRNN(keras.layers.RNN):
                 previous = keras.ops.concatenate([sequences[:, 1:], prev_features], 1)
             else:
                 previous = keras.ops.concatenate([prev_features, sequences[:, :-1]], 1)
-            xs.append(time_major(previous))
+            per_frame.append(previous)
+        # One time-major tensor [T, B, H, W, C + 3F (+ C)]: keras.ops.scan (TF) fails on
+        # several inputs when T is None.
+        xs = keras.ops.moveaxis(keras.ops.concatenate(per_frame, axis=-1), 1, 0)
+        channels = sequences.shape[-1]
+        splits = [channels, channels + projections.shape[-1]]
 
         def body(memory, x):
-            features, projection = x[0], x[1]
-            prev = x[2] if self.cell.align else features
+            parts = keras.ops.split(x, splits, axis=-1)
+            features, projection = parts[0], parts[1]
+            prev = parts[2] if self.cell.align else features
             memory = self.cell.step(features, prev, projection, memory)
             return memory, memory
 
         # A tf.while_loop in TensorFlow: any T in one graph. With reverse=True the
         # outputs are still written at their frame's index.
-        memory, outputs = keras.ops.scan(body, memory, tuple(xs), reverse=reverse)
+        memory, outputs = keras.ops.scan(body, memory, xs, reverse=reverse)
         outputs = keras.ops.moveaxis(outputs, 0, 1)  # [B, T, H, W, filters]
         last_features = sequences[:, 0] if reverse else sequences[:, -1]
         return outputs, memory, last_features
