@@ -23,7 +23,7 @@ class DetectorFeatures(keras.layers.Layer):
 
     Example:
     >>> layer = DetectorFeatures(reduce_channels=8, channels=16)
-    >>> layer(np.zeros((2, 5, 7, 32), "float32")).shape
+    >>> tuple(layer(np.zeros((2, 5, 7, 32), "float32")).shape)
     (2, 5, 7, 16)
     """
 

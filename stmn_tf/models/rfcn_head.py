@@ -32,8 +32,8 @@ class RFCNHead(keras.layers.Layer):
     Example:
     >>> head = RFCNHead(num_classes=2, channels=8, bins=3)
     >>> logits, deltas = head(np.ones((1, 4, 4, 16), "float32"),
-    ...                       np.array([[[0., 0., .5, .5]]], "float32"), [64, 64])
-    >>> logits.shape, deltas.shape
+    ...                       np.array([[[0., 0., .5, .5]]], "float32"), np.array([64, 64]))
+    >>> tuple(logits.shape), tuple(deltas.shape)
     ((1, 1, 3), (1, 1, 4))
     """
 

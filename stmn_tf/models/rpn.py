@@ -30,7 +30,7 @@ class RPNHead(keras.layers.Layer):
     Example:
     >>> head = RPNHead(num_anchors=3, channels=8)
     >>> logits, deltas = head(np.zeros((2, 4, 5, 16), "float32"))
-    >>> logits.shape, deltas.shape
+    >>> tuple(logits.shape), tuple(deltas.shape)
     ((2, 60), (2, 60, 4))
     """
 

@@ -56,8 +56,10 @@ def ps_roi_average_pool(score_maps, rois, bins, output_channels):
     """
     score_maps = tf.convert_to_tensor(score_maps)
     dtype = score_maps.dtype
-    maps = tf.cast(score_maps, tf.float32)
-    rois = tf.cast(rois, tf.float32)
+    # Sums in float32 (float64 stays float64) so that half-precision maps stay exact.
+    work = tf.float64 if dtype == tf.float64 else tf.float32
+    maps = tf.cast(score_maps, work)
+    rois = tf.cast(rois, work)
     shape = tf.shape(maps)
     n, height, width = shape[0], shape[1], shape[2]
     num_rois = tf.shape(rois)[1]
@@ -82,6 +84,6 @@ def ps_roi_average_pool(score_maps, rois, bins, output_channels):
 
     total = corner(y1, x1) - corner(y0, x1) - corner(y1, x0) + corner(y0, x0)
     area = (y1 - y0)[..., :, None] * (x1 - x0)[..., None, :]  # [N, R, K, K]
-    area = tf.cast(area, tf.float32)[..., None]
+    area = tf.cast(area, work)[..., None]
     pooled = tf.math.divide_no_nan(total, area)
     return tf.cast(pooled, dtype)

@@ -1,0 +1,88 @@
+"""Initialising STMN from a trained static R-FCN (paper Sec. 3.2, DESIGN.md §2).
+
+Every layer the two share (backbone, features, RPN, R-FCN head) is copied; the
+R-FCN's 3x3 conv goes into the memory's W, W_z, W_r (output channels [0, F) forward,
+[F, 2F) backward, `weight_transfer.transfer_conv_to_memory`); the U convolutions stay
+fresh. The ablations of Table 2 copy less (`TRANSFER_RULES`): ConvGRU-FreshFC leaves
+the memory and the layers after it (the R-FCN head) freshly initialised.
+"""
+
+import numpy as np
+
+from stmn_tf.models.weight_transfer import transfer_conv_to_memory
+
+# variant -> (copy the 3x3 conv into the memory, copy the R-FCN head)
+TRANSFER_RULES = {
+    "stmn": dict(memory=True, head=True),
+    "stmn_no_matchtrans": dict(memory=True, head=True),
+    "convgru_pretrain": dict(memory=True, head=True),
+    "convgru_freshfc": dict(memory=False, head=False),
+}
+
+
+def _copy_layer(source, target, report):
+    if len(source.weights) != len(target.weights):
+        raise ValueError(
+            f"{source.name} has {len(source.weights)} weights, {target.name} {len(target.weights)}"
+        )
+    for s, t in zip(source.weights, target.weights):
+        if tuple(s.shape) != tuple(t.shape):
+            raise ValueError(f"Shape mismatch: {s.path} {s.shape} vs {t.path} {t.shape}")
+        t.assign(s)
+        report["copied"].append({"source": s.path, "target": t.path})
+
+
+def _transfer_forward_memory(conv, cell, fresh, report):
+    """Forward-only memory of 2F channels: the whole conv into its W, W_z, W_r."""
+    kernel, bias = np.asarray(conv.kernel.numpy()), np.asarray(conv.bias.numpy())
+    for name in ("conv_w", "conv_z_w", "conv_r_w"):
+        target = getattr(cell, name)
+        if tuple(target.kernel.shape) != kernel.shape:
+            raise ValueError(f"Shape mismatch: {conv.kernel.path} {kernel.shape} vs {target.kernel.path}")
+        if fresh:
+            report["fresh"] += [target.kernel.path, target.bias.path]
+            continue
+        target.kernel.assign(kernel)
+        target.bias.assign(bias)
+        report["copied"] += [
+            {"source": conv.kernel.path, "target": target.kernel.path},
+            {"source": conv.bias.path, "target": target.bias.path},
+        ]
+    report["fresh"] += [getattr(cell, n).kernel.path for n in ("conv_u", "conv_z_u", "conv_r_u")]
+
+
+def transfer_rfcn_to_stmn(rfcn, stmn, variant="stmn"):
+    """Copies a trained `RFCN` into an `STMN` of the same backbone and head shapes.
+
+    Args:
+      rfcn: a built `stmn_tf.models.RFCN`.
+      stmn: a built `stmn_tf.models.STMN` whose `2 * memory_filters` equals the
+        R-FCN's `head_channels`.
+      variant: a key of `TRANSFER_RULES`. Defaults to `"stmn"`.
+
+    Returns:
+      dict: `copied`, a list of `{"source": path, "target": path}` for every
+      variable copied (or slice, for the memory); `fresh`, the paths of the
+      variables left as initialised.
+
+    Raises:
+      ValueError: on an unknown variant or any shape mismatch.
+    """
+    if variant not in TRANSFER_RULES:
+        raise ValueError(f"Unknown variant {variant!r}; one of {sorted(TRANSFER_RULES)}")
+    rules = TRANSFER_RULES[variant]
+    report = {"copied": [], "fresh": []}
+    _copy_layer(rfcn.backbone, stmn.backbone, report)
+    _copy_layer(rfcn.features, stmn.features, report)
+    _copy_layer(rfcn.rpn_head, stmn.rpn_head, report)
+    if rules["head"]:
+        _copy_layer(rfcn.rfcn_head, stmn.rfcn_head, report)
+    else:
+        report["fresh"] += [w.path for w in stmn.rfcn_head.weights]
+    if stmn.memory_direction == "bidirectional":
+        memory = transfer_conv_to_memory(rfcn.head_conv, stmn.memory_layer, fresh=not rules["memory"])
+        report["copied"] += memory["copied"]
+        report["fresh"] += memory["fresh"]
+    else:
+        _transfer_forward_memory(rfcn.head_conv, stmn.memory_layer.cell, not rules["memory"], report)
+    return report
