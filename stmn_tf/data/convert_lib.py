@@ -32,6 +32,9 @@ class ConversionError(Exception):
         self.reason = reason
         self.scope = scope  # "frame" or "video": what --skip-errors drops
 
+    def __reduce__(self):  # travels back from worker processes
+        return ConversionError, (self.path, self.reason, self.scope)
+
 
 @dataclasses.dataclass
 class VideoTask:
@@ -265,9 +268,9 @@ def convert(tasks, build_fn, output_prefix, num_shards=None, skip_errors=False, 
     try:
         jobs = ((build_fn, task, skip_errors) for task in tasks)
         if workers > 1:
-            # Fork before any TensorFlow op runs in this process; workers only parse
-            # files and return plain Python objects.
-            context = multiprocessing.get_context("fork")
+            # Not fork: a process that has run TensorFlow ops cannot be forked safely.
+            # The workers only parse files and return plain Python objects.
+            context = multiprocessing.get_context("spawn")
             executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
             results = executor.map(_run_task, jobs, chunksize=1)
         else:
@@ -319,8 +322,9 @@ def add_common_arguments(parser):
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def report(stats, stream=sys.stdout):
+def report(stats, stream=None):
     """Prints what was written and, with --skip-errors, how many were skipped and why."""
+    stream = stream or sys.stdout
     print(f"wrote {stats['videos']} videos, {stats['frames']} frames, {stats['boxes']} boxes "
           f"to {len(stats['shards'])} shards ({stats['shards'][0]} ...)", file=stream)
     if stats["skipped_frames"] or stats["skipped_videos"]:

@@ -31,7 +31,9 @@ numbers. A box with `xmax == width` is accepted.
 import dataclasses
 
 import numpy as np
-import tensorflow as tf
+
+# TensorFlow is imported where it is used, so that converter worker processes, which
+# only read files, start in a fraction of a second.
 
 MEDIA_ID = "clip/media_id"
 NUM_FRAMES = "clip/frames"
@@ -84,19 +86,23 @@ class Video:
 
 
 def _bytes(values):
+    import tensorflow as tf
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
 
 
 def _ints(values):
+    import tensorflow as tf
     return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
 
 
 def _floats(values):
+    import tensorflow as tf
     return tf.train.Feature(float_list=tf.train.FloatList(value=values))
 
 
 def video_to_sequence_example(video):
     """Builds the `tf.train.SequenceExample` of a `Video` (boxes normalised here)."""
+    import tensorflow as tf
     context = {
         MEDIA_ID: _bytes([video.media_id.encode()]),
         NUM_FRAMES: _ints([len(video.frames)]),
@@ -134,6 +140,7 @@ def video_from_serialized(serialized):
 
     Pixel boxes are the stored normalised values times the image size, not rounded.
     """
+    import tensorflow as tf
     example = tf.train.SequenceExample.FromString(serialized)
     context = example.context.feature
     lists = example.feature_lists.feature_list
@@ -159,25 +166,28 @@ def video_from_serialized(serialized):
                  dataset_name=context[DATASET_NAME].bytes_list.value[0].decode())
 
 
-_CONTEXT_SPEC = {
-    MEDIA_ID: tf.io.FixedLenFeature([], tf.string),
-    NUM_FRAMES: tf.io.FixedLenFeature([], tf.int64),
-    HEIGHT: tf.io.FixedLenFeature([], tf.int64),
-    WIDTH: tf.io.FixedLenFeature([], tf.int64),
-    FORMAT: tf.io.FixedLenFeature([], tf.string, default_value="jpeg"),
-    DATASET_NAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
-}
-_SEQUENCE_SPEC = {
-    ENCODED: tf.io.FixedLenSequenceFeature([], tf.string),
-    TIMESTAMP: tf.io.FixedLenSequenceFeature([], tf.int64),
-    SOURCE_ID: tf.io.FixedLenSequenceFeature([], tf.string),
-    YMIN: tf.io.RaggedFeature(tf.float32),
-    XMIN: tf.io.RaggedFeature(tf.float32),
-    YMAX: tf.io.RaggedFeature(tf.float32),
-    XMAX: tf.io.RaggedFeature(tf.float32),
-    LABEL_INDEX: tf.io.RaggedFeature(tf.int64),
-    TRACK_ID: tf.io.RaggedFeature(tf.int64),
-}
+def _feature_specs():
+    import tensorflow as tf
+    _CONTEXT_SPEC = {
+        MEDIA_ID: tf.io.FixedLenFeature([], tf.string),
+        NUM_FRAMES: tf.io.FixedLenFeature([], tf.int64),
+        HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+        WIDTH: tf.io.FixedLenFeature([], tf.int64),
+        FORMAT: tf.io.FixedLenFeature([], tf.string, default_value="jpeg"),
+        DATASET_NAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    }
+    _SEQUENCE_SPEC = {
+        ENCODED: tf.io.FixedLenSequenceFeature([], tf.string),
+        TIMESTAMP: tf.io.FixedLenSequenceFeature([], tf.int64),
+        SOURCE_ID: tf.io.FixedLenSequenceFeature([], tf.string),
+        YMIN: tf.io.RaggedFeature(tf.float32),
+        XMIN: tf.io.RaggedFeature(tf.float32),
+        YMAX: tf.io.RaggedFeature(tf.float32),
+        XMAX: tf.io.RaggedFeature(tf.float32),
+        LABEL_INDEX: tf.io.RaggedFeature(tf.int64),
+        TRACK_ID: tf.io.RaggedFeature(tf.int64),
+    }
+    return _CONTEXT_SPEC, _SEQUENCE_SPEC
 
 
 def parse_video(serialized):
@@ -194,8 +204,10 @@ def parse_video(serialized):
         labels: int32 RaggedTensor [F, (N)], 1..C.
         track_ids: int32 RaggedTensor [F, (N)].
     """
+    import tensorflow as tf
+    context_spec, sequence_spec = _feature_specs()
     context, lists = tf.io.parse_single_sequence_example(
-        serialized, context_features=_CONTEXT_SPEC, sequence_features=_SEQUENCE_SPEC)
+        serialized, context_features=context_spec, sequence_features=sequence_spec)
     boxes = tf.stack([lists[k] for k in BOX_KEYS], axis=-1)  # [F, (N), 4]
     return {
         "media_id": context[MEDIA_ID],
@@ -215,6 +227,7 @@ def parse_video(serialized):
 
 def write_tfrecord(path, videos):
     """Writes `Video`s to one TFRecord file (no sharding; converters use `shards`)."""
+    import tensorflow as tf
     with tf.io.TFRecordWriter(path) as writer:
         for video in videos:
             writer.write(serialize_video(video))

@@ -200,7 +200,7 @@ def generate_video(config, split, index):
             cv2.line(kernel, (int(round(c - d[0])), int(round(c - d[1]))),
                      (int(round(c + d[0])), int(round(c + d[1]))), 1.0, 1)
             kernel /= kernel.sum()
-            for t in range(start, start + length):
+            for t in range(start, min(start + length, num_frames)):
                 blurred[t] = True
                 blur_kernels[t] = kernel
     noise_seed = int(rng.integers(0, 2**31))
