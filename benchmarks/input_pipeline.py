@@ -1,0 +1,94 @@
+"""Input pipeline throughput at 600-pixel frames (DESIGN.md §6: never the bottleneck).
+
+    python benchmarks/input_pipeline.py [--videos 4] [--clips 40]
+
+Writes a few synthetic 600x800 videos to a temporary folder, then measures training
+clips/s and frames/s with and without augmentation (flip), and prints a table and a
+final JSON line. `pipeline_share_of_step(step_fn, config)` measures the pipeline's
+share of a training step once a model exists.
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import tensorflow as tf
+
+from stmn_tf.data import config as config_lib
+from stmn_tf.data import pipeline
+from stmn_tf.data import synthetic
+
+
+def make_videos(directory, num_videos):
+    config = config_lib.SyntheticConfig(num_train_videos=num_videos, height=600, width=800,
+                                        min_frames=60, max_frames=60, min_object_size=120,
+                                        max_object_size=220, max_speed=15.0, num_shards=2)
+    return synthetic.write_tfrecords(os.path.join(directory, "train"), config, "train")
+
+
+def data_config(directory, augment):
+    return config_lib.DataConfig(
+        input_path=os.path.join(directory, "train-*"), num_frames=7, frame_stride=5,
+        image_size={"short_side": 600, "long_side_max": 1000, "padded_size": [608, 1024]},
+        random_flip=augment, global_batch_size=1, shuffle_buffer_size=8, cycle_length=2)
+
+
+def measure(config, clips, warmup=3):
+    iterator = iter(pipeline.build_dataset(config))
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(clips):
+        next(iterator)
+    seconds = time.perf_counter() - start
+    per_clip = config.num_frames * config.global_batch_size
+    return {"clips_per_s": clips * config.global_batch_size / seconds,
+            "frames_per_s": clips * per_clip / seconds}
+
+
+def pipeline_share_of_step(step_fn, config, steps=20, warmup=3):
+    """The input pipeline's share of a training step's time.
+
+    Runs `step_fn(batch)` on batches from the real pipeline and on one cached batch
+    repeated; returns {"step_s_real", "step_s_cached", "share"} where share =
+    1 - cached / real (0 when the pipeline hides fully behind the step).
+    """
+    dataset = pipeline.build_dataset(config)
+    cached = next(iter(dataset))
+
+    def run(batches):
+        for _ in range(warmup):
+            step_fn(next(batches))
+        start = time.perf_counter()
+        for _ in range(steps):
+            step_fn(next(batches))
+        return (time.perf_counter() - start) / steps
+
+    real = run(iter(dataset))
+    cached_time = run(iter(tf.data.Dataset.from_tensors(cached).repeat()))
+    return {"step_s_real": real, "step_s_cached": cached_time,
+            "share": max(0.0, 1.0 - cached_time / real)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=4)
+    parser.add_argument("--clips", type=int, default=40)
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as directory:
+        make_videos(directory, args.videos)
+        for augment in (False, True):
+            results["flip" if augment else "no_augmentation"] = measure(
+                data_config(directory, augment), args.clips)
+    print(f"{'setting':<18}{'clips/s':>10}{'frames/s':>10}   (T=7, 600x800 -> 600x800 in 608x1024)")
+    for name, r in results.items():
+        print(f"{name:<18}{r['clips_per_s']:>10.2f}{r['frames_per_s']:>10.1f}")
+    print(json.dumps({"benchmark": "input_pipeline", "frame_size": [600, 800], "num_frames": 7,
+                      "cores": os.cpu_count(), **results}))
+
+
+if __name__ == "__main__":
+    main()
