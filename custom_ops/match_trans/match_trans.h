@@ -75,10 +75,35 @@ STMN_HOST_DEVICE A NormPlusEpsilon(const T* v, int64_t n) {
   return sqrt(Dot<A>(v, v, n)) + A(kNormEpsilon);
 }
 
-// Writes the normalised coefficients of position (y, x) to `coef` ([(2k+1)^2]) and
-// returns nothing; `coef` doubles as scratch for the unnormalised affinities.
+// The affinity of the authors' code: the ReLU'd cosine, with each norm + 1e-8.
+template <typename A>
+STMN_HOST_DEVICE A Affinity(A dot, A norm_f, A norm_q) {
+  const A a = dot / (norm_f * norm_q);
+  return a > A(0) ? a : A(0);
+}
+
+// Normalises a window of affinities (in `coef`, [(2k+1)^2], out-of-bounds entries 0)
+// by their sum `mass`; with no positive affinity the memory is kept as it is
+// (a one-hot at the centre).
+template <typename T, typename A>
+STMN_HOST_DEVICE void NormaliseWindow(A mass, int k, T* coef) {
+  const int K = 2 * k + 1;
+  if (mass >= A(kMinMass)) {
+    const A inv = A(1) / mass;
+    for (int i = 0; i < K * K; ++i) coef[i] = static_cast<T>(static_cast<A>(coef[i]) * inv);
+  } else {
+    for (int i = 0; i < K * K; ++i) coef[i] = static_cast<T>(0);
+    coef[k * K + k] = static_cast<T>(1);
+  }
+}
+
+// Writes the normalised coefficients of position (y, x) to `coef` ([(2k+1)^2]);
+// `coef` doubles as scratch for the affinities (cosines, so half precision is safe).
 //   features: this image's [H, W, C]; prev_features: [H, W, C];
 //   prev_norms: [H, W] holding |F_{t-1}(q)| + 1e-8.
+// The GPU kernel and the CPU kernel for half and double call this directly; the CPU
+// float kernel computes the same dot products blocked over positions and then uses
+// Affinity and NormaliseWindow as here.
 template <typename T, typename A>
 STMN_HOST_DEVICE void CoefficientsAt(const T* features, const T* prev_features,
                                      const A* prev_norms, int64_t H, int64_t W,
@@ -91,26 +116,22 @@ STMN_HOST_DEVICE void CoefficientsAt(const T* features, const T* prev_features,
     const int64_t qy = y + dy;
     for (int dx = -k; dx <= k; ++dx) {
       const int64_t qx = x + dx;
-      const int idx = (dy + k) * K + (dx + k);
       A a = A(0);
-      if (qy >= 0 && qy < H && qx >= 0 && qx < W) {
+      if (qy >= 0 && qy < H && qx >= 0 && qx < W) {  // out-of-bounds: skipped
         const int64_t q = qy * W + qx;
-        a = Dot<A>(f, prev_features + q * C, C) / (norm_f * prev_norms[q]);
-        a = a > A(0) ? a : A(0);  // ReLU of the cosine
+        a = Affinity<A>(Dot<A>(f, prev_features + q * C, C), norm_f, prev_norms[q]);
       }
       mass += a;
-      coef[idx] = static_cast<T>(a);
+      coef[(dy + k) * K + (dx + k)] = static_cast<T>(a);
     }
   }
-  if (mass >= A(kMinMass)) {
-    const A inv = A(1) / mass;
-    for (int i = 0; i < K * K; ++i) coef[i] = static_cast<T>(static_cast<A>(coef[i]) * inv);
-  } else {
-    // Identity fallback: the memory at p is kept as it is.
-    for (int i = 0; i < K * K; ++i) coef[i] = static_cast<T>(0);
-    coef[k * K + k] = static_cast<T>(1);
-  }
+  NormaliseWindow<T, A>(mass, k, coef);
 }
+
+// Channels of the memory handled per pass in AlignAt/AlignGradAt: the partial sums
+// of a block stay in registers (8 AVX registers for float) while the window's
+// neighbours stream through, one contiguous block of each neighbour at a time.
+constexpr int kDepthBlock = 64;
 
 // aligned[d] = sum_o coef[o] * prev_memory(p + o)[d] for position (y, x).
 template <typename T, typename A>
@@ -121,17 +142,24 @@ STMN_HOST_DEVICE void AlignAt(const T* coef, const T* prev_memory, int64_t H, in
   const int dy1 = y + k >= H ? static_cast<int>(H - 1 - y) : k;
   const int dx0 = x - k < 0 ? -static_cast<int>(x) : -k;
   const int dx1 = x + k >= W ? static_cast<int>(W - 1 - x) : k;
-  STMN_SIMD
-  for (int64_t d = 0; d < D; ++d) {
-    A acc = A(0);
+  for (int64_t d0 = 0; d0 < D; d0 += kDepthBlock) {
+    const int64_t n = D - d0 < kDepthBlock ? D - d0 : kDepthBlock;
+    A acc[kDepthBlock];
+    for (int j = 0; j < kDepthBlock; ++j) acc[j] = A(0);
     for (int dy = dy0; dy <= dy1; ++dy) {
-      const T* row = prev_memory + ((y + dy) * W + x) * D + d;
-      const T* c = coef + (dy + k) * K + k;
       for (int dx = dx0; dx <= dx1; ++dx) {
-        acc += static_cast<A>(c[dx]) * static_cast<A>(row[dx * D]);
+        const A c = static_cast<A>(coef[(dy + k) * K + (dx + k)]);
+        if (c == A(0)) continue;  // most of a window is often zero after the ReLU
+        const T* m = prev_memory + ((y + dy) * W + (x + dx)) * D + d0;
+        if (n == kDepthBlock) {
+          STMN_SIMD
+          for (int j = 0; j < kDepthBlock; ++j) acc[j] += c * static_cast<A>(m[j]);
+        } else {
+          for (int64_t j = 0; j < n; ++j) acc[j] += c * static_cast<A>(m[j]);
+        }
       }
     }
-    aligned[d] = static_cast<T>(acc);
+    for (int64_t j = 0; j < n; ++j) aligned[d0 + j] = static_cast<T>(acc[j]);
   }
 }
 
@@ -148,18 +176,25 @@ STMN_HOST_DEVICE void AlignGradAt(const T* coefficients, const T* grad_aligned, 
   const int dy1 = y - k < 0 ? static_cast<int>(y) : k;
   const int dx0 = x + k >= W ? static_cast<int>(x - (W - 1)) : -k;
   const int dx1 = x - k < 0 ? static_cast<int>(x) : k;
-  STMN_SIMD
-  for (int64_t d = 0; d < D; ++d) {
-    A acc = A(0);
+  for (int64_t d0 = 0; d0 < D; d0 += kDepthBlock) {
+    const int64_t n = D - d0 < kDepthBlock ? D - d0 : kDepthBlock;
+    A acc[kDepthBlock];
+    for (int j = 0; j < kDepthBlock; ++j) acc[j] = A(0);
     for (int dy = dy0; dy <= dy1; ++dy) {
       for (int dx = dx0; dx <= dx1; ++dx) {
         const int64_t p = (y - dy) * W + (x - dx);
-        const int o = (dy + k) * K + (dx + k);
-        acc += static_cast<A>(coefficients[p * K2 + o]) *
-               static_cast<A>(grad_aligned[p * D + d]);
+        const A c = static_cast<A>(coefficients[p * K2 + (dy + k) * K + (dx + k)]);
+        if (c == A(0)) continue;
+        const T* g = grad_aligned + p * D + d0;
+        if (n == kDepthBlock) {
+          STMN_SIMD
+          for (int j = 0; j < kDepthBlock; ++j) acc[j] += c * static_cast<A>(g[j]);
+        } else {
+          for (int64_t j = 0; j < n; ++j) acc[j] += c * static_cast<A>(g[j]);
+        }
       }
     }
-    grad[d] = static_cast<T>(acc);
+    for (int64_t j = 0; j < n; ++j) grad[d0 + j] = static_cast<T>(acc[j]);
   }
 }
 
