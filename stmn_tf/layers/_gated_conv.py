@@ -117,19 +117,18 @@ class GatedConvCell(keras.layers.Layer):
         )
 
     def build(self, inputs_shape, states_shape=None):
-        input_shape = inputs_shape
-        if len(input_shape) != 4:
+        if len(inputs_shape) != 4:
             raise ValueError(
                 f"{type(self).__name__} expects inputs of rank 4 [B, H, W, C], got "
-                f"shape {tuple(input_shape)}"
+                f"shape {tuple(inputs_shape)}"
             )
-        if input_shape[-1] is None:
+        if inputs_shape[-1] is None:
             raise ValueError(
                 f"{type(self).__name__}: the channel dimension of the inputs must be "
-                f"known, got shape {tuple(input_shape)}"
+                f"known, got shape {tuple(inputs_shape)}"
             )
-        self.input_dim = int(input_shape[-1])
-        self.spatial_shape = tuple(input_shape[1:3])
+        self.input_dim = int(inputs_shape[-1])
+        self.spatial_shape = tuple(inputs_shape[1:3])
         # W, W_z, W_r read F_t (with bias); U, U_z, U_r read the memory (no bias).
         self.conv_w = self._conv("conv_w", True, self.kernel_initializer)
         self.conv_z_w = self._conv("conv_z_w", True, self.kernel_initializer)
@@ -310,32 +309,32 @@ class GatedConvRNN(keras.layers.RNN):
         if prev_features is None:
             prev_features = first  # the paper's first step: F_{t-1} = F_t
 
-        per_frame = [sequences, projections]
-        if self.cell.align:
-            # F_{t-1} of every step as a sequence, so that the loop carries the memory
-            # only: [p, F_1, ..., F_{T-1}] forward, [F_2, ..., F_T, p] backward.
-            prev_features = keras.ops.expand_dims(prev_features, 1)
-            if reverse:
-                previous = keras.ops.concatenate([sequences[:, 1:], prev_features], 1)
-            else:
-                previous = keras.ops.concatenate([prev_features, sequences[:, :-1]], 1)
-            per_frame.append(previous)
-        # One time-major tensor [T, B, H, W, C + 3F (+ C)]: keras.ops.scan (TF) fails on
-        # several inputs when T is None.
-        xs = keras.ops.moveaxis(keras.ops.concatenate(per_frame, axis=-1), 1, 0)
-        channels = sequences.shape[-1]
-        splits = [channels, channels + projections.shape[-1]]
+        steps = shape[1]
+        start = steps - 1 if reverse else 0
+        direction = -1 if reverse else 1
 
-        def body(memory, x):
-            parts = keras.ops.split(x, splits, axis=-1)
-            features, projection = parts[0], parts[1]
-            prev = parts[2] if self.cell.align else features
+        def body(carry, projection):
+            memory, t = carry
+            # Frames are read in the loop by index rather than fed as scan inputs: no
+            # time-major copy of the features, and keras.ops.scan (TF) takes only one
+            # input sequence when T is None.
+            features = keras.ops.take(sequences, t, axis=1)  # [B, H, W, C]
+            prev = features
+            if self.cell.align:
+                previous = keras.ops.take(
+                    sequences, keras.ops.clip(t - direction, 0, steps - 1), axis=1
+                )
+                prev = keras.ops.where(t == start, prev_features, previous)
             memory = self.cell.step(features, prev, projection, memory)
-            return memory, memory
+            return (memory, t + direction), (memory, t)
 
         # A tf.while_loop in TensorFlow: any T in one graph. With reverse=True the
         # outputs are still written at their frame's index.
-        memory, outputs = keras.ops.scan(body, memory, xs, reverse=reverse)
+        projections = keras.ops.moveaxis(projections, 1, 0)  # [T, B, H, W, 3F]
+        start_index = keras.ops.cast(start, "int32")
+        (memory, _), (outputs, _) = keras.ops.scan(
+            body, (memory, start_index), projections, reverse=reverse
+        )
         outputs = keras.ops.moveaxis(outputs, 0, 1)  # [B, T, H, W, filters]
         last_features = sequences[:, 0] if reverse else sequences[:, -1]
         return outputs, memory, last_features

@@ -178,3 +178,10 @@ def test_config_round_trip(rng):
 def test_bad_cell_name():
     with pytest.raises(ValueError, match="cell must be one of"):
         BidirectionalSTMM(F, cell="lstm")
+
+
+def test_xla_with_pure_tf_twin(rng):
+    layer = _built(k=2, implementation="tf")
+    clip = rng.normal(size=(2, 4, 5, 6, C)).astype("float32")
+    compiled = tf.function(layer, jit_compile=True)
+    np.testing.assert_allclose(compiled(clip), layer(clip), atol=1e-5)
