@@ -1,0 +1,325 @@
+"""Experiment configs: typed dataclasses (`official.modeling.hyperparams.Config`).
+
+An experiment is `ExperimentConfig(model, train_data, eval_data, train, eval)`. YAML
+files in `configs/` start from a named default (`base:`, a key of `DEFAULTS`) and
+override only what differs:
+
+    base: synthetic_tiny_stmn
+    train:
+      steps: 2000
+
+`load_config(path, params_override)` resolves the chain of bases, the file and the
+command-line override ("a.b=1,c.d=x"). The plain dict `DEFAULTS` maps each named
+default to the function that builds it (no registration by import side effect).
+"""
+
+import dataclasses
+import os
+from typing import List, Optional
+
+import yaml
+from official.modeling import hyperparams
+
+from stmn_tf.data.config import DataConfig
+from stmn_tf.data.config import ImageSizeConfig
+from stmn_tf.data.config import SyntheticConfig
+from stmn_tf.models.config import ModelConfig
+from stmn_tf.models.config import tiny_model_config
+
+
+@dataclasses.dataclass
+class OptimizerConfig(hyperparams.Config):
+    """SGD with momentum (paper: lr 1e-3 then 1e-4 at plateau, momentum 0.9).
+
+    `schedule`: "step" (multiply by `decay_factor` at each of `decay_steps`),
+    "plateau" (multiply by `decay_factor` when the smoothed training loss has not
+    improved for `plateau_patience` steps), or "constant". A linear warm-up over
+    `warmup_steps` from `warmup_factor * learning_rate` comes first.
+    """
+
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "step"
+    decay_steps: List[int] = dataclasses.field(default_factory=list)
+    decay_factor: float = 0.1
+    plateau_patience: int = 2000
+    warmup_steps: int = 0
+    warmup_factor: float = 0.1
+    clip_norm: float = 0.0  # > 0: clip the global gradient norm
+
+
+@dataclasses.dataclass
+class TrainConfig(hyperparams.Config):
+    """The training loop (train.py)."""
+
+    steps: int = 100000
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    mixed_precision: bool = False  # mixed_float16 with dynamic loss scaling
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 5
+    summary_every: int = 100
+    image_summary_every: int = 1000
+    init_from: str = ""  # stage 2: a stage-1 (R-FCN) checkpoint to transfer from
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class EvalConfig(hyperparams.Config):
+    """Test-time procedure (DESIGN.md §2): stride-`stride` sub-sequences, sliding
+    windows of `window` frames, temporal linking, the ensemble with the static R-FCN."""
+
+    window: int = 11
+    stride: int = 10
+    window_step: int = 1
+    linking: str = "seq_nms"  # seq_nms | viterbi | none
+    ensemble: bool = True
+    batch_windows: int = 1
+
+
+@dataclasses.dataclass
+class ExperimentConfig(hyperparams.Config):
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train_data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    eval_data: DataConfig = dataclasses.field(
+        default_factory=lambda: DataConfig(is_training=False, random_flip=False)
+    )
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    # Where the synthetic data set is generated on first use; "" when the
+    # experiment reads existing records.
+    synthetic_data_dir: str = ""
+
+
+# ----------------------------------------------------------------------------------
+# Named defaults.
+
+
+def rfcn_resnet101_vid():
+    """Stage 1 of the paper: the static R-FCN on ResNet-101, VID + DET."""
+    config = ExperimentConfig()
+    config.model.type = "rfcn"
+    config.train_data.override({"num_frames": 1, "det_vid_ratio": 1.0})
+    return config
+
+
+def stmn_resnet101_vid():
+    """Stage 2 of the paper: STMN from the stage-1 R-FCN, T = 7, stride 10."""
+    config = ExperimentConfig()
+    config.model.type = "stmn"
+    config.train_data.override({"num_frames": 7, "frame_stride": 10, "random_flip": True,
+                                "det_vid_ratio": 1.0})
+    config.train.optimizer.override({"learning_rate": 1e-3, "momentum": 0.9,
+                                     "schedule": "plateau"})
+    return config
+
+
+def _synthetic_tiny(model_type):
+    synthetic = SyntheticConfig()
+    size = ImageSizeConfig(short_side=synthetic.height, long_side_max=synthetic.width,
+                           padded_size=[synthetic.height, synthetic.width])
+    config = ExperimentConfig(
+        model=tiny_model_config(model_type, num_classes=synthetic.num_classes),
+        synthetic_data_dir="data/synthetic",
+    )
+    common = {"image_size": size.as_dict(), "num_classes": synthetic.num_classes,
+              "max_boxes": 8, "synthetic": synthetic.as_dict()}
+    config.train_data.override({**common, "input_path": "data/synthetic/train-*-of-*",
+                                "is_training": True, "num_frames": 7 if model_type == "stmn" else 1,
+                                "frame_stride": 2, "global_batch_size": 4})
+    config.eval_data.override({**common, "input_path": "data/synthetic/test-*-of-*",
+                               "is_training": False, "random_flip": False,
+                               "global_batch_size": 0})
+    config.train.override({"steps": 2000, "checkpoint_every": 200, "summary_every": 20,
+                           "image_summary_every": 200})
+    config.train.optimizer.override({"learning_rate": 0.01, "schedule": "step",
+                                     "decay_steps": [1500], "warmup_steps": 100})
+    config.eval.override({"window": 11, "stride": 2})
+    return config
+
+
+def synthetic_tiny_rfcn():
+    """The tiny static R-FCN on the embedded synthetic data (CPU)."""
+    return _synthetic_tiny("rfcn")
+
+
+def synthetic_tiny_stmn():
+    """The tiny STMN on the embedded synthetic data (CPU), stage 2 of the demo."""
+    return _synthetic_tiny("stmn")
+
+
+DEFAULTS = {
+    "experiment": ExperimentConfig,
+    "rfcn_resnet101_vid": rfcn_resnet101_vid,
+    "stmn_resnet101_vid": stmn_resnet101_vid,
+    "synthetic_tiny_rfcn": synthetic_tiny_rfcn,
+    "synthetic_tiny_stmn": synthetic_tiny_stmn,
+}
+
+
+# ----------------------------------------------------------------------------------
+# Loading.
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be applied; the message names the key."""
+
+
+def _parse_value(text):
+    """'1' -> 1, 'true' -> True, '[1, 2]' -> [1, 2], 'x' -> 'x' (YAML scalars)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_params_override(text):
+    """Parses "a.b=1,c.d=x" into a nested dict. Brackets may contain commas."""
+    result = {}
+    if not text:
+        return result
+    items, depth, current = [], 0, ""
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    items.append(current)
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise ConfigError(f"params override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"params override has an empty key part in {key!r}")
+        node = result
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"params override sets {key!r} below a value")
+        node[parts[-1]] = _parse_value(value.strip())
+    return result
+
+
+def _check_keys(config, overrides, prefix=""):
+    """Names the first unknown key, so that a typo fails with a clear message."""
+    for key, value in overrides.items():
+        name = f"{prefix}{key}"
+        if not hasattr(config, key):
+            raise ConfigError(f"unknown config key {name!r}")
+        child = getattr(config, key)
+        if isinstance(value, dict) and isinstance(child, hyperparams.Config):
+            _check_keys(child, value, name + ".")
+
+
+def apply_overrides(config, overrides, source="override"):
+    _check_keys(config, overrides)
+    try:
+        config.override(overrides, is_strict=True)
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{source}: {e}") from e
+    return config
+
+
+def _load_yaml(path, seen=()):
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path) as f:
+        try:
+            content = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(content, dict):
+        raise ConfigError(f"config file {path} must hold a mapping")
+    base = content.pop("base", "experiment")
+    if base.endswith((".yaml", ".yml")):  # a base file, relative to this one
+        base_path = os.path.join(os.path.dirname(path), base)
+        if base_path in seen:
+            raise ConfigError(f"config file {path}: circular base {base}")
+        config = _load_yaml(base_path, seen + (path,))
+    elif base in DEFAULTS:
+        config = DEFAULTS[base]()
+    else:
+        raise ConfigError(
+            f"config file {path}: unknown base {base!r}; named defaults are "
+            f"{sorted(DEFAULTS)} or a .yaml file"
+        )
+    return apply_overrides(config, content, source=path)
+
+
+def load_config(path=None, params_override=""):
+    """Resolves a YAML experiment (or the plain default) plus "a.b=1,..." overrides."""
+    config = _load_yaml(path) if path else ExperimentConfig()
+    overrides = parse_params_override(params_override)
+    if overrides:
+        apply_overrides(config, overrides, source="--params-override")
+    return config
+
+
+def save_config(config, path):
+    """Writes the resolved config as YAML, atomically (written then renamed)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        yaml.safe_dump(config.as_dict(), f, sort_keys=False)
+    os.replace(temporary, path)
+
+
+def resolve_synthetic_data(config, root=None):
+    """Generates the synthetic data set when the experiment uses it and it is missing.
+
+    Relative `synthetic_data_dir` and input paths are taken relative to `root` (the
+    current directory by default). Returns the config with absolute input paths.
+    """
+    if not config.synthetic_data_dir:
+        return config
+    from stmn_tf.data import synthetic  # imports TensorFlow: only when needed
+
+    root = root or os.getcwd()
+    directory = config.synthetic_data_dir
+    if not os.path.isabs(directory):
+        directory = os.path.join(root, directory)
+    synthetic.ensure_synthetic_dataset(directory, config.train_data.synthetic, quiet=False)
+    for data in (config.train_data, config.eval_data):
+        if data.input_path and not os.path.isabs(data.input_path):
+            data.input_path = os.path.join(root, data.input_path)
+    config.synthetic_data_dir = directory
+    return config
+
+
+def find_checkpoint(path):
+    """A checkpoint prefix from a model directory (its latest) or a prefix itself."""
+    import tensorflow as tf
+
+    if os.path.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise FileNotFoundError(f"no checkpoint in {path}")
+        return latest
+    if tf.io.gfile.exists(path + ".index"):
+        return path
+    raise FileNotFoundError(f"{path} is neither a model directory nor a checkpoint prefix")
+
+
+def restore_model(config, checkpoint, model=None):
+    """Builds `config.model` (unless `model` is given) and restores its weights.
+
+    Checkpoints are `tf.train.Checkpoint(model=model, ...)`, as train.py writes
+    them; the optimizer and step in them are ignored here.
+    """
+    import tensorflow as tf
+
+    from stmn_tf.models.builders import build_model
+
+    model = model if model is not None else build_model(config.model)
+    prefix = find_checkpoint(checkpoint)
+    tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+    return model
