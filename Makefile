@@ -30,8 +30,10 @@ test: install
 test-quick: install
 	$(PYTEST) -m "not slow" tests
 
+# Each benchmark prints a table and a final JSON line; ratios are taken within a run.
+BENCHMARKS := $(wildcard benchmarks/*.py)
 bench: install
-	$(PY) benchmarks/match_trans.py
+	@set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(PY) $$b; done
 
 demo: install
 	$(PY) -m stmn_tf.demo

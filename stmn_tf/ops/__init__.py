@@ -1,12 +1,30 @@
-"""Pure functions and custom-op wrappers."""
+"""Pure functions and custom-op wrappers.
 
-from stmn_tf.ops.bn_star import bn_star
-from stmn_tf.ops.match_trans import custom_op_available
-from stmn_tf.ops.match_trans import load_library
-from stmn_tf.ops.match_trans import match_trans
-from stmn_tf.ops.match_trans import match_trans_coefficients
-from stmn_tf.ops import anchors
-from stmn_tf.ops import box_ops
-from stmn_tf.ops import ps_roi_pooling
-from stmn_tf.ops import targets
-from stmn_tf.ops.ps_roi_pooling import ps_roi_average_pool
+Names are imported on first use, so that the NumPy-only modules here (seq_nms,
+tube_linking) do not pull in TensorFlow.
+"""
+
+import importlib
+
+_FUNCTIONS = {
+    "bn_star": "stmn_tf.ops.bn_star",
+    "custom_op_available": "stmn_tf.ops.match_trans",
+    "load_library": "stmn_tf.ops.match_trans",
+    "match_trans": "stmn_tf.ops.match_trans",
+    "match_trans_coefficients": "stmn_tf.ops.match_trans",
+    "ps_roi_average_pool": "stmn_tf.ops.ps_roi_pooling",
+}
+_SUBMODULES = ("anchors", "box_ops", "ps_roi_pooling", "targets", "seq_nms", "tube_linking")
+
+__all__ = sorted(_FUNCTIONS) + list(_SUBMODULES)
+
+
+def __getattr__(name):
+    if name in _FUNCTIONS:
+        value = getattr(importlib.import_module(_FUNCTIONS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
