@@ -167,7 +167,7 @@ def _tf_coefficients(features, prev_features, k):
     mass = tf.reduce_sum(a, axis=-1, keepdims=True)
     identity = tf.one_hot((2 * k + 1) * k + k, (2 * k + 1) ** 2, dtype=compute_dtype)
     use_identity = mass < _MIN_MASS
-    coefficients = tf.where(use_identity, identity, a / tf.where(use_identity, 1.0, mass))
+    coefficients = tf.where(use_identity, identity, a / tf.where(use_identity, tf.ones_like(mass), mass))
     return tf.cast(coefficients, features.dtype)
 
 

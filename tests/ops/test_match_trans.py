@@ -256,6 +256,16 @@ def test_tf_twin_compiles_with_xla(rng):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_tf_twin_in_graph_keeps_dtype(dtype, rng):
+    f, fp, m = (x.astype(dtype) for x in random_inputs(rng, 1, 4, 5, 6, 3))
+    fn = tf.function(lambda a, b, c: ops.match_trans(a, b, c, implementation="tf"))
+    got = fn(f, fp, m)
+    assert got.dtype == tf.as_dtype(dtype)
+    np.testing.assert_allclose(got.numpy().astype(np.float64),
+                               reference_match_trans(f, fp, m, 2), rtol=2e-2, atol=2e-2)
+
+
 def test_invalid_implementation_and_k():
     x = np.ones((1, 2, 2, 1), np.float32)
     with pytest.raises(ValueError, match="implementation must be one of"):
