@@ -8,8 +8,8 @@ override `_gate` and `_candidate`.
 
 import keras
 
-from stmn_tf.ops.match_trans import IMPLEMENTATIONS
-from stmn_tf.ops.match_trans import match_trans
+from stmn_tf.ops.match_trans_op import IMPLEMENTATIONS
+from stmn_tf.ops.match_trans_op import match_trans
 
 # The custom op has float16/32/64 kernels; other dtypes (bfloat16) are aligned in float32.
 _MATCH_TRANS_DTYPES = ("float16", "float32", "float64")

@@ -2,7 +2,7 @@
 
 import keras
 
-from stmn_tf.ops.match_trans import match_trans
+from stmn_tf.ops.match_trans_op import match_trans
 
 
 @keras.saving.register_keras_serializable(package="stmn_tf")

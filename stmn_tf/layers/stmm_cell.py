@@ -3,7 +3,7 @@
 import keras
 
 from stmn_tf.layers._gated_conv import GatedConvCell
-from stmn_tf.ops.bn_star import bn_star
+from stmn_tf.ops.bn_star_op import bn_star
 
 
 @keras.saving.register_keras_serializable(package="stmn_tf")

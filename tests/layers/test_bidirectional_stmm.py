@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from stmn_tf.layers import STMM, BidirectionalSTMM
 from stmn_tf.ops import custom_op_available
-from stmn_tf.ops.bn_star import bn_star_upper_bound
+from stmn_tf.ops.bn_star_op import bn_star_upper_bound
 from tests.layers import numpy_reference as ref
 
 IMPLEMENTATIONS = ["tf"] + (["custom_op"] if custom_op_available() else [])

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from stmn_tf.ops import bn_star
-from stmn_tf.ops.bn_star import bn_star_upper_bound
+from stmn_tf.ops.bn_star_op import bn_star_upper_bound
 from tests.layers.numpy_reference import bn_star as bn_star_reference
 
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 from stmn_tf import ops
 
 # The module, not the function of the same name that stmn_tf.ops exports.
-match_trans_module = importlib.import_module("stmn_tf.ops.match_trans")
+match_trans_module = importlib.import_module("stmn_tf.ops.match_trans_op")
 
 IMPLEMENTATIONS = ["custom_op", "tf"]
 
@@ -331,3 +331,12 @@ def test_independent_process_without_tf_function_cache(tmp_path):
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+def test_public_names_are_the_functions_after_importing_everything():
+    """DESIGN.md §3 names: importing layers or models never hides them with modules."""
+    import stmn_tf.layers  # noqa: F401  (imports the op modules)
+    import stmn_tf.ops
+
+    assert callable(stmn_tf.ops.match_trans) and callable(stmn_tf.ops.bn_star)
+    assert callable(stmn_tf.ops.match_trans_coefficients)
