@@ -13,6 +13,7 @@ command-line override ("a.b=1,c.d=x"). The plain dict `DEFAULTS` maps each named
 default to the function that builds it (no registration by import side effect).
 """
 
+import copy
 import dataclasses
 import os
 from typing import List, Optional
@@ -124,10 +125,10 @@ def _synthetic_tiny(model_type):
     )
     common = {"image_size": size.as_dict(), "num_classes": synthetic.num_classes,
               "max_boxes": 8, "synthetic": synthetic.as_dict()}
-    config.train_data.override({**common, "input_path": "data/synthetic/train-*-of-*",
+    config.train_data.override({**common, "input_path": "{synthetic_data_dir}/train-*-of-*",
                                 "is_training": True, "num_frames": 7 if model_type == "stmn" else 1,
                                 "frame_stride": 2, "global_batch_size": 4})
-    config.eval_data.override({**common, "input_path": "data/synthetic/test-*-of-*",
+    config.eval_data.override({**common, "input_path": "{synthetic_data_dir}/test-*-of-*",
                                "is_training": False, "random_flip": False,
                                "global_batch_size": 0})
     config.train.override({"steps": 2000, "checkpoint_every": 200, "summary_every": 20,
@@ -273,25 +274,41 @@ def save_config(config, path):
     os.replace(temporary, path)
 
 
+SYNTHETIC_DIR_PLACEHOLDER = "{synthetic_data_dir}"
+
+
 def resolve_synthetic_data(config, root=None):
     """Generates the synthetic data set when the experiment uses it and it is missing.
 
-    Relative `synthetic_data_dir` and input paths are taken relative to `root` (the
-    current directory by default). Returns the config with absolute input paths.
+    Input paths may start with "{synthetic_data_dir}" (the synthetic configs' do), so
+    that overriding `synthetic_data_dir` moves them too. Relative paths are taken
+    relative to `root` (the current directory by default). The eval pipeline gets the
+    train pipeline's `synthetic` parameters, since one data set is generated from
+    them. Returns the config with absolute input paths; calling it again is a no-op.
     """
-    if not config.synthetic_data_dir:
+    root = root or os.getcwd()
+    directory = config.synthetic_data_dir
+    if directory and not os.path.isabs(directory):
+        directory = os.path.join(root, directory)
+    for data in (config.train_data, config.eval_data):
+        for field in ("input_path", "det_input_path"):
+            value = getattr(data, field)
+            if SYNTHETIC_DIR_PLACEHOLDER in value:
+                if not directory:
+                    raise ConfigError(f"{field} {value!r} uses {SYNTHETIC_DIR_PLACEHOLDER} "
+                                      "but synthetic_data_dir is empty")
+                value = value.replace(SYNTHETIC_DIR_PLACEHOLDER, directory)
+            patterns = [p.strip() for p in value.split(",") if p.strip()]
+            value = ",".join(p if os.path.isabs(p) or "://" in p else os.path.join(root, p)
+                             for p in patterns)
+            setattr(data, field, value)
+    if not directory:
         return config
     from stmn_tf.data import synthetic  # imports TensorFlow: only when needed
 
-    root = root or os.getcwd()
-    directory = config.synthetic_data_dir
-    if not os.path.isabs(directory):
-        directory = os.path.join(root, directory)
-    synthetic.ensure_synthetic_dataset(directory, config.train_data.synthetic, quiet=False)
-    for data in (config.train_data, config.eval_data):
-        if data.input_path and not os.path.isabs(data.input_path):
-            data.input_path = os.path.join(root, data.input_path)
     config.synthetic_data_dir = directory
+    config.eval_data.synthetic = copy.deepcopy(config.train_data.synthetic)
+    synthetic.ensure_synthetic_dataset(directory, config.train_data.synthetic, quiet=False)
     return config
 
 
@@ -312,14 +329,36 @@ def find_checkpoint(path):
 def restore_model(config, checkpoint, model=None):
     """Builds `config.model` (unless `model` is given) and restores its weights.
 
-    Checkpoints are `tf.train.Checkpoint(model=model, ...)`, as train.py writes
-    them; the optimizer and step in them are ignored here.
+    Args:
+        config: ExperimentConfig (or its ModelConfig).
+        checkpoint: a model directory (its latest checkpoint) or a checkpoint prefix,
+            as train.py writes them: `tf.train.Checkpoint(model=model, optimizer, step)`.
+            The optimizer and step in them are ignored.
+        model: optional detector to restore into (built here when not yet built).
+
+    Returns:
+        the detector, every variable restored.
+
+    Raises:
+        FileNotFoundError: no checkpoint at `checkpoint`.
+        ValueError: the checkpoint is not one of this model config (a variable of
+            the model has no value in it, or a shape differs).
     """
     import tensorflow as tf
 
     from stmn_tf.models.builders import build_model
 
-    model = model if model is not None else build_model(config.model)
+    model_config = getattr(config, "model", config)
+    model = model if model is not None else build_model(model_config)
+    if not model.built or not model.weights:
+        # Variables are created on the first call; a restore before that would be
+        # deferred and silently leave the weights fresh.
+        model({"images": tf.zeros([1, 1, 32, 32, 3])})
     prefix = find_checkpoint(checkpoint)
-    tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+    try:
+        tf.train.Checkpoint(model=model).restore(prefix).expect_partial() \
+            .assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        raise ValueError(f"{prefix} does not match the {model_config.type!r} model of this "
+                         f"config: {e}") from e
     return model

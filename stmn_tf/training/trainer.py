@@ -1,0 +1,281 @@
+"""The training loop of train.py: one custom loop for every tf.distribute strategy.
+
+Keras 3's `model.fit` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585),
+so the loop is written out, the same for one device, MirroredStrategy and
+MultiWorkerMirroredStrategy:
+
+    batch  = next(iterator)                # per-replica batches, distribute_datasets_from_function
+    losses = train_step(batch)             # tf.function: strategy.run(replica_step), then
+                                           # strategy.reduce(SUM) of the per-replica shares
+    host: non-finite check, plateau, progress bar, summaries, checkpoints
+
+`replica_step` computes the model's own losses (`model.compute_losses`, means over
+the replica's frames), divides them by the number of replicas (equal per-replica
+batches, so the sum over replicas is the mean over the global batch), all-reduces the
+gradients itself, clips them by their global norm, and hands them to the optimizer.
+BN* normalises over each replica's own tensor (the paper computes it per batch); the
+backbone's batch norm is frozen, so no statistics need synchronising.
+"""
+
+import copy
+import logging
+import math
+import os
+import shutil
+import time
+
+import keras
+import tensorflow as tf
+
+from stmn_tf.training import checkpointing
+from stmn_tf.training import distribution
+from stmn_tf.training import optimization
+from stmn_tf.training import summaries
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the step."""
+
+
+class TrainingState:
+    """The model, optimizer, step and schedule of one run, built in `strategy.scope()`.
+
+    Attributes:
+        model, optimizer (SGD, or a LossScaleOptimizer around it), schedule
+        (`LearningRate`), plateau (`PlateauController` or None), step (int64 variable:
+        training steps done), checkpoint (`tf.train.Checkpoint`).
+    """
+
+    def __init__(self, config, strategy):
+        from stmn_tf.models.builders import build_model
+
+        optimizer_config = config.train.optimizer
+        with strategy.scope():
+            self.model = build_model(config.model)
+            self.plateau = None
+            if optimizer_config.schedule == "plateau":
+                self.plateau = optimization.PlateauController(
+                    optimizer_config.plateau_patience, optimizer_config.decay_factor)
+            self.optimizer, self.schedule = optimization.build_optimizer(
+                optimizer_config, self.plateau)
+            if config.train.mixed_precision:
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
+            # Built now, so that a restore finds the slot variables it fills.
+            self.optimizer.build(self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.checkpoint = checkpointing.make_checkpoint(
+            self.model, self.optimizer, self.step, self.plateau)
+
+    @property
+    def learning_rate(self):
+        return float(self.schedule(self.optimizer.iterations))
+
+
+def make_train_step(state, strategy, weight_decay=0.0, clip_norm=0.0, mixed_precision=False):
+    """The compiled step: `train_step(distributed_batch) -> {loss name: global mean}`.
+
+    Runs `replica_step` on every replica and sums the replicas' shares. The
+    gradients are all-reduced here rather than inside the optimizer, because the
+    global-norm clipping and the loss-scaling finiteness check need the gradient of
+    the whole global batch (Keras clips before its own all-reduce, i.e. per replica).
+    Keras' SGD all-reduces what it is given once more, so each replica hands it
+    1/N of the reduced gradient: the sum is the reduced gradient. That costs a
+    second all-reduce per step, which at ResNet-101 sizes is small next to the step.
+    """
+    model, optimizer = state.model, state.optimizer
+    variables = model.trainable_variables
+
+    def replica_step(batch):
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            losses = model.compute_losses(batch, training=True)
+            regularisation = optimization.l2_loss(variables, weight_decay)
+            # This replica's share of the global-batch mean.
+            loss = (losses["total_loss"] + regularisation) / replicas
+            scaled = optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, variables)
+        present = [i for i, g in enumerate(gradients) if g is not None]
+        reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, [gradients[i] for i in present])
+        global_loss = context.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+        if clip_norm > 0:
+            # The gradients carry the loss scale under mixed precision.
+            scale = tf.cast(optimizer.dynamic_scale, tf.float32) if mixed_precision else 1.0
+            reduced, _ = tf.clip_by_global_norm(reduced, clip_norm * scale)
+        # A non-finite loss stops the run (on the host, after this step); its
+        # gradients are dropped so that the weights in memory stay those of the last
+        # good step.
+        finite = tf.math.is_finite(global_loss)
+        shares = [tf.where(finite, g, tf.zeros_like(g)) / replicas for g in reduced]
+        optimizer.apply(shares, [variables[i] for i in present])
+        out = {name: value / replicas for name, value in losses.items()}
+        out["regularisation_loss"] = regularisation / replicas
+        return out
+
+    @tf.function
+    def train_step(batch):
+        per_replica = strategy.run(replica_step, args=(batch,))
+        losses = {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                  for name, value in per_replica.items()}
+        state.step.assign_add(1)
+        return losses
+
+    return train_step
+
+
+def _first_local_batch(strategy, batch):
+    """This task's first replica's batch, as plain tensors (for image summaries)."""
+    return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], batch)
+
+
+def _clips_in_batch(strategy, batch):
+    """Clips in the global batch (per-replica batch x replicas)."""
+    images = strategy.experimental_local_results(batch["images"])[0]
+    return int(images.shape[0] or tf.shape(images)[0]) * strategy.num_replicas_in_sync
+
+
+def train(config, model_dir, steps=None, strategy=None, init_from=None, progress=True,
+          echo=print):
+    """Trains `config` in `model_dir` up to `steps` total steps (default train.steps).
+
+    Resumes from the latest checkpoint of `model_dir` if there is one; otherwise
+    initialises from `init_from` (or `config.train.init_from`) when given (stage 2).
+
+    Args:
+        config: ExperimentConfig (input paths resolved, see configs.resolve_synthetic_data).
+        model_dir: str. Checkpoints, config.yaml, summaries, train_log.jsonl.
+        steps: int. Total steps of the run, counting the resumed ones.
+        strategy: a tf.distribute.Strategy (default: distribution.select_strategy("auto")).
+        init_from: str. A stage-1 model directory or checkpoint prefix.
+        progress: bool. Show the progress bar.
+        echo: callable for the messages of the run (resume, transfer, summary).
+
+    Returns:
+        dict: `step` (the last), `losses` (the last step's), `checkpoint` (the latest
+        prefix), `resumed_from`, `steps_per_second`, `examples_per_second`.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite (no checkpoint is written
+            of that state; the latest one in `model_dir` is the last good one).
+    """
+    from stmn_tf.configs import save_config
+    from stmn_tf.data.pipeline import make_dataset_fn
+
+    strategy = strategy or distribution.select_strategy("auto")
+    chief = distribution.is_chief(strategy)
+    echo = echo if chief else (lambda *args, **kwargs: None)
+    total_steps = int(steps if steps is not None else config.train.steps)
+    init_from = init_from or config.train.init_from
+    write_dir = distribution.worker_model_dir(model_dir, strategy)
+    os.makedirs(write_dir, exist_ok=True)
+    if chief:
+        save_config(config, os.path.join(model_dir, "config.yaml"))
+
+    previous_policy = keras.config.dtype_policy()
+    if config.train.mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        state = TrainingState(config, strategy)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+    manager = checkpointing.make_manager(state.checkpoint, write_dir, config.train.keep_checkpoints)
+    # Every worker restores from the chief's directory (the shared model_dir).
+    resumed_from = checkpointing.restore_latest(state.checkpoint, model_dir)
+    start = int(state.step.numpy())
+    if resumed_from:
+        echo(f"Resuming from {resumed_from} at step {start}")
+    elif init_from:
+        report = checkpointing.initialize_from(config, state.model, init_from)
+        echo(f"Initialised from {report['checkpoint']} ({report['variant']}): "
+             f"{len(report['copied'])} variables copied, {len(report['fresh'])} left fresh")
+        for path in report["fresh"]:
+            echo(f"  fresh: {path}")
+
+    data_config = copy.deepcopy(config.train_data)
+    # After a resume, draw other clips than the first run's first ones (the input
+    # position is not checkpointed: the checked reader is a Python generator).
+    data_config.seed = int(data_config.seed) + start
+    dataset = strategy.distribute_datasets_from_function(make_dataset_fn(data_config))
+    train_step = make_train_step(
+        state, strategy, weight_decay=config.train.optimizer.weight_decay,
+        clip_norm=config.train.optimizer.clip_norm,
+        mixed_precision=config.train.mixed_precision)
+    log = summaries.TrainingLog(model_dir if chief else write_dir, enabled=chief)
+
+    result = {"step": start, "losses": {}, "checkpoint": resumed_from,
+              "resumed_from": resumed_from, "steps_per_second": 0.0, "examples_per_second": 0.0}
+    if start >= total_steps:
+        echo(f"Nothing to do: {model_dir} is at step {start} >= --steps {total_steps}")
+        return result
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_steps, initial=start, disable=not (chief and progress),
+               desc="train", unit="step", dynamic_ncols=True)
+    iterator = iter(dataset)
+    run_start = window_start = time.time()
+    window_steps = window_examples = examples = 0
+    losses = {}
+    current = start
+    try:
+        while current < total_steps:
+            batch = next(iterator)
+            values = train_step(batch)
+            current = int(state.step.numpy())
+            losses = {name: float(value) for name, value in values.items()}
+            clips = _clips_in_batch(strategy, batch)
+            examples += clips
+            window_examples += clips
+            window_steps += 1
+            if not math.isfinite(losses["total_loss"]):
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {current}: "
+                    + ", ".join(f"{k}={v}" for k, v in losses.items())
+                    + f"; the last good checkpoint is {manager.latest_checkpoint or 'none'} "
+                    "(the bad state was not saved)")
+            if state.plateau is not None and state.plateau.update(losses["total_loss"]):
+                echo(f"step {current}: loss on a plateau, learning rate -> {state.learning_rate:.3g}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses['total_loss']:.4f}", lr=f"{state.learning_rate:.2g}")
+
+            if current % config.train.summary_every == 0 or current == total_steps:
+                elapsed = max(time.time() - window_start, 1e-9)
+                log.scalars(current, {**losses, "learning_rate": state.learning_rate,
+                                      "examples_per_second": window_examples / elapsed,
+                                      "steps_per_second": window_steps / elapsed})
+                window_start, window_steps, window_examples = time.time(), 0, 0
+            if chief and config.train.image_summary_every > 0 and (
+                    current % config.train.image_summary_every == 0 or current == total_steps):
+                clip = _first_local_batch(strategy, batch)
+                log.images(current, "detections", summaries.detection_images(state.model, clip))
+            if current % config.train.checkpoint_every == 0 or current == total_steps:
+                result["checkpoint"] = manager.save(checkpoint_number=current)
+    except KeyboardInterrupt:
+        # Between steps the state is consistent: keep it (one device / one machine;
+        # in a multi-worker run the other workers would wait for this one's save).
+        if not distribution.is_multi_worker_cluster() and losses and math.isfinite(
+                losses.get("total_loss", math.nan)):
+            result["checkpoint"] = manager.save(checkpoint_number=int(state.step.numpy()))
+            echo(f"\nInterrupted: saved {result['checkpoint']}")
+        raise
+    finally:
+        bar.close()
+        log.flush()
+        if not chief:
+            shutil.rmtree(write_dir, ignore_errors=True)
+
+    elapsed = max(time.time() - run_start, 1e-9)
+    done = current - start
+    result.update(step=current, losses=losses, steps_per_second=done / elapsed,
+                  examples_per_second=examples / elapsed)
+    if not chief:
+        result["checkpoint"] = tf.train.latest_checkpoint(model_dir)
+    echo(f"Trained steps {start}..{current} in {elapsed:.1f} s ({done / elapsed:.2f} steps/s, "
+         f"{examples / elapsed:.1f} clips/s on {strategy.num_replicas_in_sync} replica(s)); "
+         f"loss {losses.get('total_loss', math.nan):.4f} ("
+         + ", ".join(f"{k} {v:.4f}" for k, v in losses.items() if k != "total_loss")
+         + f"); checkpoint {result['checkpoint']}")
+    return result
