@@ -84,12 +84,21 @@ def boxes_yxyx_normalized_to_xyxy_pixels(boxes, padded_size, image_size, origina
         padded_size, image_size, original_size: (height, width) each.
 
     Returns:
-        `[N, 4]` float64 xmin, ymin, xmax, ymax pixels.
+        `[N, 4]` float64 xmin, ymin, xmax, ymax pixels, clipped to the frame.
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     sy = padded_size[0] * original_size[0] / image_size[0]
     sx = padded_size[1] * original_size[1] / image_size[1]
-    return np.stack([boxes[:, 1] * sx, boxes[:, 0] * sy, boxes[:, 3] * sx, boxes[:, 2] * sy], -1)
+    xyxy = np.stack([boxes[:, 1] * sx, boxes[:, 0] * sy, boxes[:, 3] * sx, boxes[:, 2] * sy], -1)
+    # The padding is not part of the frame.
+    height, width = original_size
+    return np.clip(xyxy, 0.0, [width, height, width, height])
+
+
+def _inside(boxes, scores, labels):
+    """Drops boxes left with no area by clipping (they lay in the padding)."""
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes[keep], np.asarray(scores)[keep], np.asarray(labels)[keep]
 
 
 def merge_detections_xyxy(boxes, scores, labels, iou_threshold):
@@ -303,7 +312,7 @@ class WindowedVideoDetector:
         labels = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64)
         boxes = boxes_yxyx_normalized_to_xyxy_pixels(boxes, self._padded_size, frame["image_size"],
                                                      frame["original_size"])
-        boxes, scores, labels = merge_detections_xyxy(boxes, scores, labels, self.merge_iou)
+        boxes, scores, labels = merge_detections_xyxy(*_inside(boxes, scores, labels), self.merge_iou)
         return frame_detections(position, frame, boxes, scores, labels, len(parts))
 
 
@@ -401,7 +410,7 @@ class OnlineVideoDetector:
         boxes, scores, labels = _unpack(outputs, 0, 0)
         boxes = boxes_yxyx_normalized_to_xyxy_pixels(boxes, image.shape[:2], frame["image_size"],
                                                      frame["original_size"])
-        boxes, scores, labels = merge_detections_xyxy(boxes, scores, labels, None)
+        boxes, scores, labels = merge_detections_xyxy(*_inside(boxes, scores, labels), None)
         return [frame_detections(position, frame, boxes, scores, labels)]
 
     def finish(self):

@@ -1,0 +1,75 @@
+"""Evaluates STMN (and the static R-FCN it came from) with the VID protocol.
+
+    python evaluate.py --config configs/synthetic_tiny_stmn.yaml --checkpoint runs/stmn \
+        --static-checkpoint runs/rfcn [--data 'PATTERN'] [--output results.json] \
+        [--window 11] [--stride 2] [--linking seq_nms|viterbi|none] [--online] \
+        [--max-videos N] [--params-override a.b=1,...]
+
+Prints a table of per-class AP and mAP (overall, slow / medium / fast motion, COCO AP)
+for: static R-FCN, STMN, STMN + linking, ensemble + linking (the R-FCN columns need
+--static-checkpoint). The logic is stmn_tf/evaluation/run.py.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="experiment YAML (as for train.py)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="the STMN (or R-FCN) model directory or checkpoint prefix")
+    parser.add_argument("--static-checkpoint", default=None,
+                        help="the static R-FCN's model directory or checkpoint prefix")
+    parser.add_argument("--data", default=None, help="eval records (default: eval_data.input_path)")
+    parser.add_argument("--output", default=None, help="write the metrics as JSON here")
+    parser.add_argument("--window", type=int, default=None, help="window length T (eval.window)")
+    parser.add_argument("--stride", type=int, default=None, help="sub-sequence stride (eval.stride)")
+    parser.add_argument("--step", type=int, default=None, help="window step (eval.window_step)")
+    parser.add_argument("--batch-windows", type=int, default=None, help="windows per model call")
+    parser.add_argument("--linking", default=None, choices=("seq_nms", "viterbi", "none"),
+                        help="temporal linking (eval.linking)")
+    parser.add_argument("--online", action="store_true", help="forward-only online mode")
+    parser.add_argument("--max-videos", type=int, default=None, help="first N videos only")
+    parser.add_argument("--params-override", default="", help='e.g. "eval.stride=10"')
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from stmn_tf import configs
+    from stmn_tf.evaluation import run
+
+    try:
+        config = configs.load_config(args.config, args.params_override)
+    except configs.ConfigError as e:
+        sys.exit(f"evaluate.py: {e}")
+    if not args.data:
+        config = configs.resolve_synthetic_data(config)
+    try:
+        results = run.evaluate_checkpoints(
+            config, args.checkpoint, args.static_checkpoint, data=args.data, window=args.window,
+            stride=args.stride, step=args.step, linking=args.linking,
+            batch_windows=args.batch_windows, online=args.online, max_videos=args.max_videos,
+            progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"evaluate.py: {e}")
+    settings = results["settings"]
+    print(f"{results['num_videos']} videos, {results['num_frames']} frames; window "
+          f"{settings['window']}, stride {settings['stride']}, linking {settings['linking']}"
+          f"{', online' if settings['online'] else ''}")
+    print(run.format_table(results))
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump(run.to_json(results), f, indent=1)
+        print(f"wrote {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
