@@ -89,6 +89,14 @@ def is_chief(strategy):
         task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict())
 
 
+def task_name(strategy):
+    """"worker 1" in a multi-worker run, "" otherwise."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)():
+        return ""
+    return f"{resolver.task_type} {resolver.task_id}"
+
+
 def worker_model_dir(model_dir, strategy):
     """Where this task writes: `model_dir` on the chief, a private temporary directory on
     the other workers. Every worker must still save (saving may run collectives), but

@@ -165,6 +165,10 @@ def train(config, model_dir, steps=None, strategy=None, init_from=None, progress
 
     strategy = strategy or distribution.select_strategy("auto")
     chief = distribution.is_chief(strategy)
+    task = distribution.task_name(strategy)
+    # Every task prints its final line (tagged in a multi-worker run, so that the
+    # workers' losses can be compared); only the chief prints the rest.
+    final_echo = (lambda text: echo(f"[{task}] {text}")) if task else echo
     echo = echo if chief else (lambda *args, **kwargs: None)
     total_steps = int(steps if steps is not None else config.train.steps)
     init_from = init_from or config.train.init_from
@@ -273,7 +277,7 @@ def train(config, model_dir, steps=None, strategy=None, init_from=None, progress
                   examples_per_second=examples / elapsed)
     if not chief:
         result["checkpoint"] = tf.train.latest_checkpoint(model_dir)
-    echo(f"Trained steps {start}..{current} in {elapsed:.1f} s ({done / elapsed:.2f} steps/s, "
+    final_echo(f"Trained steps {start}..{current} in {elapsed:.1f} s ({done / elapsed:.2f} steps/s, "
          f"{examples / elapsed:.1f} clips/s on {strategy.num_replicas_in_sync} replica(s)); "
          f"loss {losses.get('total_loss', math.nan):.4f} ("
          + ", ".join(f"{k} {v:.4f}" for k, v in losses.items() if k != "total_loss")
