@@ -31,6 +31,10 @@ to map boxes back to the original frame. Outputs are `FrameDetections` dicts wit
   stacked images since everything before the memory is per frame. `cache="images"`
   buffers the padded frames instead (less memory at large sizes, T times the backbone).
 - Batching: windows of the same length are stacked, `batch_windows` per model call.
+  For a static R-FCN this is exact. For STMN it is not: BN* (DESIGN.md §2) takes its
+  statistics over the whole input tensor, batch included, so windows batched together
+  are normalised together; `batch_windows=1` (the config's default) reproduces
+  `model.detect` on each window exactly.
 - A static R-FCN has no windows: window 1, stride 1, frames batched `batch_windows` at
   a time.
 
@@ -230,6 +234,9 @@ class WindowedVideoDetector:
         elif tuple(image.shape[:2]) != self._padded_size:
             raise ValueError(f"frame {frame.get('frame_index')} has input size {image.shape[:2]}, "
                              f"the video's first frame {self._padded_size}")
+        # Frames older than stride * T are in no window still to come (an end-aligned
+        # window starts at most stride * T - 1 frames before the last one).
+        self._encoded.pop(position - self.buffer_limit, None)
         self._encoded[position] = self.detector.encode(image[None])[0]
         self._frames[position] = {k: v for k, v in frame.items() if k != "image"}
         self._collected[position] = []
@@ -241,8 +248,6 @@ class WindowedVideoDetector:
         if k + 1 >= t and (k + 1 - t) % self.step == 0:
             self._queue([position - (t - 1 - j) * self.stride for j in range(t)])
         self.max_buffered = max(self.max_buffered, len(self._encoded))
-        # Frames older than stride * T are in no window still to come.
-        self._encoded.pop(position - self.buffer_limit, None)
         return self._emit(final=False)
 
     def finish(self):
@@ -273,20 +278,22 @@ class WindowedVideoDetector:
 
     def _queue(self, window):
         queue = self._pending.setdefault(len(window), [])
-        queue.append(window)
+        # The window holds its frames' encodings: the buffer may drop them before a
+        # batch is full.
+        queue.append((window, [self._encoded[p] for p in window]))
         for position in window:
             self._pending_count[position] = self._pending_count.get(position, 0) + 1
         if len(queue) >= self.batch_windows:
             self._run(len(window))
 
     def _run(self, length):
-        windows = self._pending.pop(length, [])
-        if not windows:
+        queued = self._pending.pop(length, [])
+        if not queued:
             return
-        stack = np.stack([np.stack([self._encoded[p] for p in w]) for w in windows])
+        stack = np.stack([np.stack(encodings) for _, encodings in queued])  # [B, T, ...]
         outputs = self.detector.detect(stack, self._padded_size)
         self.model_calls += 1
-        for b, window in enumerate(windows):
+        for b, (window, _) in enumerate(queued):
             self.windows_run.append(list(window))
             for t, position in enumerate(window):
                 self._collected[position].append((window[0],) + _unpack(outputs, b, t))
