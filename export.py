@@ -1,9 +1,74 @@
-"""Exports a trained detector as a SavedModel for TF Serving (issue: export).
+"""Exports a trained detector as a SavedModel for TF Serving.
 
-Not built yet: the export lands with the export issue. This entry point says so plainly.
+    python export.py --config configs/synthetic_tiny_stmn.yaml --checkpoint MODEL_DIR \
+        --output EXPORT_DIR [--version 1] [--custom-op] [--max-detections N] \
+        [--params-override a.b=1,...] [--overwrite]
+
+writes EXPORT_DIR/<version>/ (the layout tensorflow_model_server watches) with the
+signatures `serving_default` (uint8 clip), `encoded_frames` (JPEG/PNG bytes) and, for
+STMN, `stream` (one frame plus the forward memory state); see
+stmn_tf/serving/signatures.py and the README's "Export and serving".
 """
 
+import argparse
+import os
 import sys
 
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="experiment YAML (as for train.py)")
+    parser.add_argument(
+        "--checkpoint", required=True,
+        help="a model directory (its latest checkpoint) or a checkpoint prefix",
+    )
+    parser.add_argument("--output", required=True, help="base directory; writes OUTPUT/<version>/")
+    parser.add_argument("--version", type=int, default=1, help="version subdirectory (default 1)")
+    parser.add_argument(
+        "--custom-op", action="store_true",
+        help="use the compiled Stmn>MatchTrans op (the server must have it built in); "
+        "default: the pure-TF MatchTrans, standard ops only",
+    )
+    parser.add_argument("--max-detections", type=int, default=None, help="N of the outputs")
+    parser.add_argument("--params-override", default="", help='"a.b=1,c.d=x" config overrides')
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from stmn_tf.configs import ConfigError
+    from stmn_tf.configs import load_config
+    from stmn_tf.ops.match_trans import OpLibraryError
+    from stmn_tf.serving.export import ExportError
+    from stmn_tf.serving.export import export_saved_model
+    from stmn_tf.serving.export import restore_for_export
+
+    try:
+        config = load_config(args.config, args.params_override)
+    except ConfigError as e:
+        sys.exit(f"export.py: {e}")
+    if os.path.exists(os.path.join(args.output, str(args.version))) and not args.overwrite:
+        # Checked before building the model: the common mistake costs no time.
+        sys.exit(f"export.py: {args.output}/{args.version} exists; pass --overwrite to replace it")
+    try:
+        model, prefix = restore_for_export(config, args.checkpoint)
+        path = export_saved_model(
+            model,
+            config.eval_data.image_size,
+            args.output,
+            version=args.version,
+            custom_op=args.custom_op,
+            max_detections=args.max_detections,
+            overwrite=args.overwrite,
+            checkpoint=prefix,
+        )
+    except (ExportError, FileNotFoundError, OpLibraryError) as e:
+        sys.exit(f"export.py: {e}")
+    print(f"Exported {prefix} to {path}")
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit("export.py: export is not built yet (see the open export issue).")
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Exports a trained detector as a SavedModel in the layout TF Serving watches.
+
+`export_saved_model(model, image_size, output_dir)` writes `output_dir/<version>/`
+(`saved_model.pb`, `variables/`, `assets.extra/stmn_serving.json`) with the
+signatures of `stmn_tf.serving.signatures`. The version directory appears only when it
+is complete: the SavedModel is written to a temporary sibling directory (whose name is
+not a number, so TF Serving ignores it) and renamed.
+
+Portable by default: every MatchTrans runs through the pure-TF twin, so the SavedModel
+holds only standard TensorFlow ops and loads in a stock `tensorflow_model_server` or
+any TensorFlow without stmn_tf. `custom_op=True` traces the compiled `Stmn>MatchTrans`
+op instead (faster), which a loader must register first with `tf.load_op_library` (a
+server: an op built into its binary).
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from stmn_tf.models.stmn import STMN
+from stmn_tf.serving.signatures import DetectorServingModule
+
+CUSTOM_OP_PREFIX = "Stmn>"
+METADATA_FILE = "stmn_serving.json"
+
+
+class ExportError(RuntimeError):
+    """The export cannot be written (existing version, unportable graph, bad checkpoint)."""
+
+
+def _set_match_trans_implementation(model, implementation):
+    """Sets MatchTrans' implementation on every memory cell; returns the old values.
+
+    The cells read their `implementation` when a function is traced, so this decides
+    which ops the SavedModel's graphs contain.
+    """
+    if not isinstance(model, STMN):
+        return []
+    cells = model.memory_cells()
+    previous = [cell.implementation for cell in cells]
+    for cell in cells:
+        cell.implementation = implementation
+    return previous
+
+
+def _saveable_root(model, signatures):
+    """The object to save: the model's tf.Variables in a list, and the functions.
+
+    Not the Keras model, nor its Keras variables: either way each variable is
+    written twice (the Keras variable and the tf.Variable inside it, which the
+    functions read), the graph's restore op fills only the copies, and a TF1-style
+    loader (tensorflow_model_server, `saved_model_cli run`) then fails with "Could not
+    find variable ...". `tf.saved_model.load` would not notice. Keras' ExportArchive
+    also saves a plain list of variables.
+    """
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.variables = [_tf_variable(variable) for variable in model.variables]
+    for name, function in signatures.items():
+        setattr(root, name, function)
+    return root
+
+
+def _tf_variable(variable):
+    """The tf.Variable of a Keras variable (TensorFlow backend)."""
+    if isinstance(variable, tf.Variable):
+        return variable
+    value = variable.value
+    return value if isinstance(value, tf.Variable) else variable._value
+
+
+def signature_ops(saved_model_dir):
+    """The op types each signature can run, from `saved_model.pb` alone.
+
+    Walks from each signature's output nodes through the graph's node inputs and into
+    every function the nodes call (function-valued attributes, such as
+    `StatefulPartitionedCall`'s `f` or a while loop's `cond` and `body`), recursively.
+
+    Returns:
+      `{signature name: set of op type names}`.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    meta_graph = proto.meta_graphs[0]
+    graph = meta_graph.graph_def
+    functions = {function.signature.name: function for function in graph.library.function}
+    nodes = {node.name: node for node in graph.node}
+
+    def called_functions(node):
+        for value in node.attr.values():
+            if value.HasField("func"):
+                yield value.func.name
+            for func in value.list.func:
+                yield func.name
+
+    def function_ops(name, seen):
+        if name in seen or name not in functions:
+            return set()
+        seen.add(name)
+        ops = set()
+        for node in functions[name].node_def:
+            ops.add(node.op)
+            if node.op in functions:  # a function called as an op
+                ops |= function_ops(node.op, seen)
+            for called in called_functions(node):
+                ops |= function_ops(called, seen)
+        return ops
+
+    result = {}
+    for key, signature in meta_graph.signature_def.items():
+        pending = [tensor.name.split(":")[0] for tensor in signature.outputs.values()]
+        visited, ops, seen = set(), set(), set()
+        while pending:
+            name = pending.pop()
+            if name in visited or name not in nodes:
+                continue
+            visited.add(name)
+            node = nodes[name]
+            ops.add(node.op)
+            for called in called_functions(node):
+                ops |= function_ops(called, seen)
+            pending.extend(inp.lstrip("^").split(":")[0] for inp in node.input)
+        result[key] = ops
+    return result
+
+
+def custom_ops_in(saved_model_dir):
+    """`{signature: sorted Stmn> op types}` for the signatures that contain any."""
+    found = {}
+    for key, ops in signature_ops(saved_model_dir).items():
+        custom = sorted(op for op in ops if op.startswith(CUSTOM_OP_PREFIX))
+        if custom:
+            found[key] = custom
+    return found
+
+
+def _metadata(module, custom_op, checkpoint):
+    model = module.model
+    metadata = {
+        "model_type": "stmn" if module.is_stmn else "rfcn",
+        "num_classes": int(model.num_classes),
+        "max_detections": int(model.max_detections),
+        "image_size": {
+            "short_side": module.short_side,
+            "long_side_max": module.long_side_max,
+            "padded_size": module.padded_size,
+        },
+        "custom_op": bool(custom_op),
+        "checkpoint": checkpoint or "",
+        "signatures": ["serving_default", "encoded_frames"],
+    }
+    if module.is_stmn:
+        metadata["signatures"].append("stream")
+        metadata["memory_direction"] = model.memory_direction
+        metadata["stream_state_shapes"] = module.stream_state_shapes()
+    return metadata
+
+
+def export_saved_model(
+    model,
+    image_size,
+    output_dir,
+    version=1,
+    custom_op=False,
+    max_detections=None,
+    overwrite=False,
+    checkpoint=None,
+):
+    """Writes `model` as `output_dir/<version>/`, atomically.
+
+    Args:
+      model: a built `RFCN` or `STMN` with its weights (its MatchTrans implementation
+        and `max_detections` are set for the tracing and restored afterwards).
+      image_size: the evaluation data's `ImageSizeConfig` (the resize in the graph).
+      output_dir: str. The model's base directory, the one TF Serving watches.
+      version: int >= 1. The version subdirectory. Defaults to 1.
+      custom_op: bool. Trace the compiled `Stmn>MatchTrans` op instead of the
+        pure-TF twin. Defaults to False.
+      max_detections: optional int, N of the outputs. Defaults to the model's.
+      overwrite: bool. Replace an existing version. Defaults to False.
+      checkpoint: optional str, recorded in the metadata file.
+
+    Returns:
+      str, the version directory.
+
+    Raises:
+      ExportError: if the version exists (and not `overwrite`), or if a portable
+        export came out with a custom op in it.
+    """
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ExportError(f"version must be an integer >= 1, got {version!r}")
+    final = os.path.join(output_dir, str(version))
+    if os.path.exists(final) and not overwrite:
+        raise ExportError(f"{final} exists; pass overwrite=True (--overwrite) to replace it")
+    if custom_op:
+        from stmn_tf.ops.match_trans import load_library
+
+        load_library()  # fails here, with how to build it, rather than mid-trace
+    os.makedirs(output_dir, exist_ok=True)
+
+    previous_max = model.max_detections
+    previous_impl = _set_match_trans_implementation(model, "custom_op" if custom_op else "tf")
+    if max_detections is not None:
+        model.max_detections = int(max_detections)
+    temporary = tempfile.mkdtemp(prefix=f".export-{version}-", dir=output_dir)
+    try:
+        module = DetectorServingModule(model, image_size)
+        signatures = module.signatures()
+        tf.saved_model.save(_saveable_root(model, signatures), temporary, signatures=signatures)
+        extra = os.path.join(temporary, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        with open(os.path.join(extra, METADATA_FILE), "w") as f:
+            json.dump(_metadata(module, custom_op, checkpoint), f, indent=2)
+        if not custom_op:
+            found = custom_ops_in(temporary)
+            if found:
+                raise ExportError(
+                    f"the portable export contains custom ops {found}; a memory cell "
+                    "ignored implementation='tf'"
+                )
+        if os.path.exists(final):
+            # Replace: move the old version aside first, so that `final` is never
+            # a half-written directory.
+            trash = tempfile.mkdtemp(prefix=f".replaced-{version}-", dir=output_dir)
+            os.rename(final, os.path.join(trash, "old"))
+            os.rename(temporary, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(temporary, final)
+    finally:
+        if os.path.exists(temporary):
+            shutil.rmtree(temporary, ignore_errors=True)
+        model.max_detections = previous_max
+        if previous_impl:
+            for cell, implementation in zip(model.memory_cells(), previous_impl):
+                cell.implementation = implementation
+    return final
+
+
+def restore_for_export(config, checkpoint):
+    """Builds `config.model` and restores it from a model directory or checkpoint prefix.
+
+    Checkpoints are `tf.train.Checkpoint(model=model, ...)` (train.py). Unlike a
+    training restore, every variable of the model must come from the checkpoint:
+    a model that does not match it (another config) fails here, not in serving.
+    """
+    from stmn_tf.configs import find_checkpoint
+    from stmn_tf.models.builders import build_model
+
+    model = build_model(config.model)
+    prefix = find_checkpoint(checkpoint)
+    status = tf.train.Checkpoint(model=model).read(prefix)
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        raise ExportError(
+            f"checkpoint {prefix} does not match the model of this config "
+            f"(model.type={config.model.type!r}): {e}"
+        ) from e
+    status.expect_partial()  # the optimizer and step are not exported
+    return model, prefix

@@ -1,0 +1,249 @@
+"""The serving signatures of an exported detector: preprocessing, clip, encoded frames, stream.
+
+Everything a server needs is in the graph: frames come in as they are decoded
+(`uint8` RGB, any size) or as JPEG/PNG bytes, are resized as the training pipeline
+resizes them (`stmn_tf.data.pipeline`: shorter side to `short_side`, longer side at
+most `long_side_max`, bilinear, aspect kept) and padded at the bottom and right to the
+padded size, and the boxes come back normalised to the original frame.
+
+Signatures (names and outputs as the TF Object Detection API has them; N =
+`max_detections`, T the number of frames):
+
+  `serving_default`: `images` uint8 `[T, H, W, 3]` (T >= 1) ->
+      `detection_boxes` float32 `[T, N, 4]` normalised ymin, xmin, ymax, xmax;
+      `detection_scores` float32 `[T, N]`; `detection_classes` float32 `[T, N]`,
+      1..C (0 for padding rows); `num_detections` float32 `[T]`.
+      STMN: the bidirectional memory over the clip; R-FCN: frame by frame.
+  `encoded_frames`: `encoded_frames` string `[T]` JPEG/PNG/BMP/GIF bytes -> the same
+      outputs (each frame is decoded to RGB, then as `serving_default`).
+  `stream` (STMN only): `frame` uint8 `[H, W, 3]`, `state_memory` float32
+      `[h, w, D]`, `state_features` float32 `[h, w, C]` -> `detection_boxes`
+      `[N, 4]`, `detection_scores` `[N]`, `detection_classes` `[N]`,
+      `num_detections` `[]`, and the new `state_memory`, `state_features`.
+      h, w = the padded size / 16; D = the forward memory's channels; C = the
+      features' channels (`stream_state_shapes`). All-zero state tensors start a
+      video; feed each answer's state back with the next frame.
+
+The stream's memory is forward only: `state_memory` is the forward memory after the
+previous frame and `state_features` that frame's features `F_{t-1}` (for MatchTrans).
+A bidirectional STMN's backward memory at frame t then sees frame t alone (its first
+step), so the stream's answer for frame t equals the exported model's answer for the
+last frame of the clip 1..t: the model run causally, as a forward-only model over the
+clip. A model trained with `memory.direction: forward` streams exactly its clip
+answers.
+"""
+
+import tensorflow as tf
+
+from stmn_tf.data import pipeline
+from stmn_tf.models.detector import FEATURE_STRIDE
+from stmn_tf.models.stmn import STMN
+
+OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+STATE_KEYS = ("state_memory", "state_features")
+
+
+def _check_clip(frames, name):
+    """Run-time checks of a uint8 `[T, H, W, 3]` clip; the messages name the input."""
+    shape = tf.shape(frames)
+    return [
+        tf.debugging.assert_positive(
+            shape[0], message=f"{name}: the clip is empty; expected [T, H, W, 3] with T >= 1"
+        ),
+        tf.debugging.assert_positive(
+            shape[1] * shape[2],
+            message=f"{name}: frames must have a positive height and width",
+        ),
+    ]
+
+
+class DetectorServingModule:
+    """A built `RFCN` or `STMN` and its serving functions.
+
+    Args:
+      model: a built `RFCN` or `STMN` with its weights.
+      image_size: `ImageSizeConfig` of the evaluation data (`short_side`,
+        `long_side_max`, `padded_size`, `pad_multiple`), the training resize.
+
+    The functions are `tf.function`s with fixed input signatures; `signatures()` maps
+    the signature names of the module docstring to them.
+    """
+
+    def __init__(self, model, image_size):
+        self.model = model
+        self.short_side = int(image_size.short_side)
+        self.long_side_max = int(image_size.long_side_max)
+        self.padded_size = [int(s) for s in pipeline.padded_size(image_size)]
+        self._image_size = image_size
+        self.is_stmn = isinstance(model, STMN)
+
+    # -- preprocessing -------------------------------------------------------
+
+    def preprocess_frame(self, frame):
+        """uint8 `[H, W, 3]` -> (float32 `[Hp, Wp, 3]` in [0, 255], float32 `[2]` box scale).
+
+        The training pipeline's resize and padding (`pipeline._decode_frames`); the box
+        scale `[Hp / h, Wp / w]` (h, w the resized size) maps boxes normalised to the
+        padded canvas to boxes normalised to the frame.
+        """
+        shape = tf.shape(frame)
+        new_h, new_w = pipeline.resized_size(shape[0], shape[1], self._image_size)
+        image = tf.image.resize(frame, tf.stack([new_h, new_w]), method="bilinear")
+        pad_h, pad_w = self.padded_size
+        image = tf.image.pad_to_bounding_box(image, 0, 0, pad_h, pad_w)
+        scale = tf.cast(tf.stack([pad_h, pad_w]), tf.float32) / tf.cast(
+            tf.stack([new_h, new_w]), tf.float32
+        )
+        return image, scale
+
+    def preprocess(self, frames):
+        """uint8 `[T, H, W, 3]` -> (float32 `[T, Hp, Wp, 3]`, float32 `[T, 2]` box scales)."""
+        pad_h, pad_w = self.padded_size
+        return tf.map_fn(
+            self.preprocess_frame,
+            frames,
+            fn_output_signature=(
+                tf.TensorSpec([pad_h, pad_w, 3], tf.float32),
+                tf.TensorSpec([2], tf.float32),
+            ),
+        )
+
+    @staticmethod
+    def _to_frame_boxes(detections, scale):
+        """Model outputs `[..., N, ...]` on the canvas -> the serving outputs.
+
+        `scale`: `[..., 2]` per frame. Boxes normalised to the padded canvas become
+        normalised to the frame (the frame is the canvas' top-left h x w corner).
+        """
+        scale = tf.concat([scale, scale], axis=-1)[..., None, :]  # [..., 1, 4] y, x, y, x
+        boxes = tf.clip_by_value(detections["detection_boxes"] * scale, 0.0, 1.0)
+        return {
+            "detection_boxes": boxes,
+            "detection_scores": tf.cast(detections["detection_scores"], tf.float32),
+            "detection_classes": tf.cast(detections["detection_classes"], tf.float32),
+            "num_detections": tf.cast(detections["num_detections"], tf.float32),
+        }
+
+    # -- clip ----------------------------------------------------------------
+
+    def detect_clip(self, frames):
+        """uint8 `[T, H, W, 3]` -> the `serving_default` outputs (see the module docstring)."""
+        with tf.control_dependencies(_check_clip(frames, "images")):
+            images, scale = self.preprocess(frames)  # [T, Hp, Wp, 3], [T, 2]
+        detections = self.model.detect(images[None], training=False)  # [1, T, ...]
+        detections = {key: value[0] for key, value in detections.items()}
+        return self._to_frame_boxes(detections, scale)
+
+    def decode_frames(self, encoded):
+        """string `[T]` -> uint8 `[T, H, W, 3]` RGB (all frames of one size)."""
+        empty = tf.debugging.assert_positive(
+            tf.size(encoded),
+            message="encoded_frames: the clip is empty; expected [T] image bytes with T >= 1",
+        )
+        with tf.control_dependencies([empty]):
+            encoded = tf.identity(encoded)
+        return tf.map_fn(
+            lambda data: tf.io.decode_image(data, channels=3, expand_animations=False),
+            encoded,
+            fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+        )
+
+    def detect_encoded(self, encoded):
+        return self.detect_clip(self.decode_frames(encoded))
+
+    # -- stream --------------------------------------------------------------
+
+    def stream_state_shapes(self):
+        """`{"state_memory": [h, w, D], "state_features": [h, w, C]}` (ints)."""
+        pad_h, pad_w = self.padded_size
+        h, w = -(-pad_h // FEATURE_STRIDE), -(-pad_w // FEATURE_STRIDE)
+        forward = self.model.memory_cells()[0]
+        return {
+            "state_memory": [h, w, int(forward.filters)],
+            "state_features": [h, w, int(self.model.feature_channels)],
+        }
+
+    def detect_stream(self, frame, state_memory, state_features):
+        """One frame and the state after the previous one -> detections and the new state.
+
+        Args:
+          frame: uint8 `[H, W, 3]`.
+          state_memory: float32 `[h, w, D]`, the forward memory after the previous
+            frame (zeros before the first frame).
+          state_features: float32 `[h, w, C]`, the previous frame's features `F_{t-1}`
+            (zeros before the first frame: MatchTrans then keeps the memory as it is,
+            which with zero memory is the paper's first step).
+
+        Returns:
+          dict: the four detection outputs of frame t without the T axis, and the new
+          `state_memory` `[h, w, D]` and `state_features` `[h, w, C]`.
+        """
+        model = self.model
+        with tf.control_dependencies(_check_clip(frame[None], "frame")):
+            image, scale = self.preprocess_frame(frame)  # [Hp, Wp, 3], [2]
+        features = model.extract_features(image[None, None])  # [1, 1, h, w, C]
+        current = features[:, 0]  # [1, h, w, C]
+        cells = model.memory_cells()
+        forward = cells[0]
+        memory = forward.step(
+            current, state_features[None], forward.input_projections(current), state_memory[None]
+        )  # [1, h, w, D]
+        head_input = [memory]
+        if len(cells) == 2:
+            # The backward memory at the last frame of a clip: its first step, zero
+            # memory and F_{t-1} = F_t (what BidirectionalSTMM computes at frame t of
+            # the clip 1..t).
+            backward = cells[1]
+            head_input.append(
+                backward.step(
+                    current, current, backward.input_projections(current), tf.zeros_like(memory)
+                )
+            )
+        head_input = tf.concat(head_input, axis=-1)[:, None]  # [1, 1, h, w, 2F]
+        detections = _detect_from_head_input(model, features, head_input, tf.shape(image)[:2])
+        outputs = self._to_frame_boxes({key: value[0, 0] for key, value in detections.items()}, scale)
+        outputs["state_memory"] = memory[0]
+        outputs["state_features"] = current[0]
+        return outputs
+
+    # -- signatures ----------------------------------------------------------
+
+    def signatures(self):
+        """`{name: concrete function}` for `tf.saved_model.save(..., signatures=)`."""
+        clip = tf.function(
+            self.detect_clip,
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
+        )
+        encoded = tf.function(
+            self.detect_encoded,
+            input_signature=[tf.TensorSpec([None], tf.string, name="encoded_frames")],
+        )
+        result = {
+            "serving_default": clip.get_concrete_function(),
+            "encoded_frames": encoded.get_concrete_function(),
+        }
+        if self.is_stmn:
+            shapes = self.stream_state_shapes()
+            stream = tf.function(
+                self.detect_stream,
+                input_signature=[
+                    tf.TensorSpec([None, None, 3], tf.uint8, name="frame"),
+                    tf.TensorSpec(shapes["state_memory"], tf.float32, name="state_memory"),
+                    tf.TensorSpec(shapes["state_features"], tf.float32, name="state_features"),
+                ],
+            )
+            result["stream"] = stream.get_concrete_function()
+        return result
+
+
+def _detect_from_head_input(model, features, head_input, image_size):
+    """The detector's RPN on `features` and its R-FCN head on `head_input`.
+
+    `TwoStageDetector.detect_from_features` computes the head's input itself from
+    `features`; the stream has it already (from the state), so this runs the same
+    pieces with the given one. Args: `features` `[1, 1, h, w, C]`, `head_input`
+    `[1, 1, h, w, C_head]`, `image_size` `[2]` int32. Returns the `predict_step` dict.
+    """
+    _, _, _, rois, valid = model._first_stage({}, features, image_size, training=False)
+    class_logits, box_deltas = model.rfcn_head(model._flatten(head_input), rois, image_size)
+    return model._postprocess(class_logits, box_deltas, rois, valid, 1, 1)
