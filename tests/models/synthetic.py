@@ -28,8 +28,10 @@ TINY_STMN_KWARGS = dict(TINY_KWARGS, memory_filters=32)
 COLOURS = {1: (230, 40, 40), 2: (40, 80, 230)}
 
 
-def make_clip(frames=3, height=96, width=96, seed=0):
+def make_clip(frames=3, height=96, width=96, seed=0, speed=1.0):
     """Two coloured rectangles (class 1 red, class 2 blue) moving over noise.
+
+    `speed` scales the motion: (3, 4) and (3, -4) pixels per frame at 1.
 
     Returns:
       dict of a batch of one clip: `images` `[1, T, H, W, 3]` float32 in [0, 255],
@@ -43,7 +45,8 @@ def make_clip(frames=3, height=96, width=96, seed=0):
     starts = {1: (10, 8, 36, 34), 2: (50, 46, 36, 30)}  # y, x, h, w in pixels
     for t in range(frames):
         for row, (label, (y, x, h, w)) in enumerate(starts.items()):
-            y, x = y + 3 * t, x + 4 * t * (1 if label == 1 else -1)
+            y = y + int(round(3 * speed * t))
+            x = x + int(round(4 * speed * t)) * (1 if label == 1 else -1)
             images[t, y : y + h, x : x + w] = COLOURS[label]
             boxes[t, row] = (y / height, x / width, (y + h) / height, (x + w) / width)
             labels[t, row] = label

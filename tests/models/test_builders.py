@@ -1,0 +1,74 @@
+"""ModelConfig -> models; the docstring examples."""
+
+import doctest
+
+import numpy as np
+import pytest
+
+from stmn_tf.models import RFCN
+from stmn_tf.models import STMN
+from stmn_tf.models import VARIANT_BUILDERS
+from stmn_tf.models import ModelConfig
+from stmn_tf.models import build_model
+from stmn_tf.models import tiny_model_config
+from stmn_tf.models import features as features_module
+from stmn_tf.models import rfcn as rfcn_module
+from stmn_tf.models import rfcn_head as rfcn_head_module
+from stmn_tf.models import rpn as rpn_module
+from stmn_tf.models import stmn as stmn_module
+from tests.models.synthetic import TINY_KWARGS
+
+
+def test_default_config_is_the_paper():
+    config = ModelConfig()
+    assert config.backbone.depth == 101 and not config.backbone.tiny
+    assert (config.features.reduce_channels, config.features.channels) == (512, 1024)
+    assert (config.head.channels, config.head.rfcn_channels, config.head.ps_roi_bins) == (1024, 512, 7)
+    assert (config.roi_sampling.num_rois, config.roi_sampling.foreground_fraction) == (300, 0.25)
+    assert (config.memory.filters, config.memory.k, config.memory.variant) == (512, 2, "stmn")
+
+
+@pytest.mark.parametrize(
+    "variant,cell,align",
+    [
+        ("stmn", "stmm", True),
+        ("stmn_no_matchtrans", "stmm", False),
+        ("convgru_pretrain", "convgru", False),
+        ("convgru_freshfc", "convgru", False),
+    ],
+)
+def test_variants(variant, cell, align):
+    config = tiny_model_config("stmn", num_classes=4)
+    config.override({"memory": {"variant": variant}})
+    model = build_model(config)
+    assert isinstance(model, STMN)
+    assert (model.memory_cell, model.memory_align, model.num_classes) == (cell, align, 4)
+    assert model.memory_layer.cell == cell
+    assert set(VARIANT_BUILDERS) == {"stmn", "stmn_no_matchtrans", "convgru_pretrain", "convgru_freshfc"}
+
+
+def test_config_overrides_reach_the_model():
+    config = tiny_model_config("rfcn", num_classes=5)
+    config.override({"head": {"ps_roi_bins": 3}, "post_processing": {"nms_iou": 0.45}})
+    model = build_model(config)
+    assert isinstance(model, RFCN)
+    assert model.rfcn_head.class_conv.filters == 3 * 3 * 6
+    assert model.nms_iou == 0.45
+    config = tiny_model_config("stmn")
+    config.override({"memory": {"variant": "stmn", "align": False, "direction": "forward"}})
+    model = build_model(config)
+    assert not model.memory_align and model.memory_direction == "forward"
+
+
+@pytest.mark.parametrize(
+    "module", [features_module, rpn_module, rfcn_head_module, rfcn_module, stmn_module]
+)
+def test_docstring_examples(module):
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    globs = dict(vars(module), np=np, TINY_KWARGS=TINY_KWARGS)
+    tests = [t for t in finder.find(module, globs=globs) if t.examples]
+    assert tests
+    for test in tests:
+        runner.run(test)
+    assert runner.failures == 0

@@ -1,0 +1,82 @@
+"""R-FCN -> STMN weight transfer: everything shared is copied, the memory gets the 3x3 conv."""
+
+import keras
+import numpy as np
+import pytest
+
+from stmn_tf.models import RFCN
+from stmn_tf.models import STMN
+from stmn_tf.models import transfer_rfcn_to_stmn
+from tests.models.synthetic import TINY_RFCN_KWARGS
+from tests.models.synthetic import TINY_STMN_KWARGS
+from tests.models.synthetic import make_clip
+
+
+def _perturbed_rfcn():
+    # Random non-zero biases and BN statistics, so that a missed copy shows.
+    keras.utils.set_random_seed(3)
+    rfcn = RFCN(num_classes=2, **dict(TINY_RFCN_KWARGS, score_threshold=0.0))
+    rng = np.random.default_rng(3)
+    for w in rfcn.weights:
+        if "moving_variance" in w.path:
+            w.assign(rng.uniform(0.5, 1.5, w.shape))
+        elif "kernel" not in w.path:
+            w.assign(rng.normal(0, 0.1, w.shape))
+    return rfcn
+
+
+@pytest.mark.parametrize("direction", ["bidirectional", "forward"])
+def test_bypassed_memory_reproduces_rfcn(direction):
+    rfcn = _perturbed_rfcn()
+    stmn = STMN(
+        num_classes=2, memory_direction=direction, **dict(TINY_STMN_KWARGS, score_threshold=0.0)
+    )
+    report = transfer_rfcn_to_stmn(rfcn, stmn)
+    clip = make_clip()
+    stmn.bypass_memory = True
+    expected = rfcn.predict_step(clip)
+    got = stmn.predict_step(clip)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    # Every R-FCN variable was a source, the 3x3 conv's in slices.
+    sources = {entry["source"].split("[")[0] for entry in report["copied"]}
+    assert sources == {w.path for w in rfcn.weights}
+    assert all("conv_u" in p or "conv_z_u" in p or "conv_r_u" in p for p in report["fresh"])
+    # With the memory on, the STMN's detections differ (its U convs are fresh).
+    stmn.bypass_memory = False
+    recurrent = stmn.predict_step(clip)
+    assert not np.allclose(recurrent["detection_scores"], expected["detection_scores"])
+
+
+def test_halves_go_to_the_two_directions():
+    rfcn = _perturbed_rfcn()
+    stmn = STMN(num_classes=2, **TINY_STMN_KWARGS)
+    transfer_rfcn_to_stmn(rfcn, stmn)
+    kernel = rfcn.head_conv.kernel.numpy()
+    forward, backward = stmn.memory_cells()
+    for name in ("conv_w", "conv_z_w", "conv_r_w"):
+        np.testing.assert_array_equal(getattr(forward, name).kernel.numpy(), kernel[..., :32])
+        np.testing.assert_array_equal(getattr(backward, name).kernel.numpy(), kernel[..., 32:])
+
+
+def test_freshfc_leaves_memory_and_head_fresh():
+    rfcn = _perturbed_rfcn()
+    stmn = STMN(num_classes=2, memory_cell="convgru", memory_align=False, **TINY_STMN_KWARGS)
+    head_before = [w.numpy().copy() for w in stmn.rfcn_head.weights]
+    report = transfer_rfcn_to_stmn(rfcn, stmn, "convgru_freshfc")
+    for before, w in zip(head_before, stmn.rfcn_head.weights):
+        np.testing.assert_array_equal(w.numpy(), before)
+        assert w.path in report["fresh"]
+    np.testing.assert_array_equal(
+        stmn.features.expand_conv.kernel.numpy(), rfcn.features.expand_conv.kernel.numpy()
+    )
+    assert not any("head_conv" in e["source"] for e in report["copied"])
+
+
+def test_mismatched_shapes_raise():
+    rfcn = RFCN(num_classes=2, **TINY_RFCN_KWARGS)
+    stmn = STMN(num_classes=3, **TINY_STMN_KWARGS)  # more classes: head shapes differ
+    with pytest.raises(ValueError, match="Shape mismatch"):
+        transfer_rfcn_to_stmn(rfcn, stmn)
+    with pytest.raises(ValueError, match="Unknown variant"):
+        transfer_rfcn_to_stmn(rfcn, STMN(num_classes=2, **TINY_STMN_KWARGS), "lstm")
