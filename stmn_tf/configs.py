@@ -228,15 +228,43 @@ def parse_params_override(text):
     return result
 
 
+def _type_error(name, current, value):
+    """Why `value` cannot replace `current` (a scalar or list field), or None."""
+    if current is None or value is None:
+        return None
+    if isinstance(current, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(current, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(current, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(current, str):
+        ok = isinstance(value, str)
+    elif isinstance(current, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+    else:
+        return None
+    if ok:
+        return None
+    return f"{name} must be {type(current).__name__}, got {value!r}"
+
+
 def _check_keys(config, overrides, prefix=""):
-    """Names the first unknown key, so that a typo fails with a clear message."""
+    """Names the first unknown key or mistyped value, so that a typo fails clearly."""
     for key, value in overrides.items():
         name = f"{prefix}{key}"
         if not hasattr(config, key):
             raise ConfigError(f"unknown config key {name!r}")
         child = getattr(config, key)
-        if isinstance(value, dict) and isinstance(child, hyperparams.Config):
-            _check_keys(child, value, name + ".")
+        if isinstance(child, hyperparams.Config):
+            if isinstance(value, dict):
+                _check_keys(child, value, name + ".")
+            elif value is not None:
+                raise ConfigError(f"{name} is a group of settings, got {value!r}")
+        else:
+            error = _type_error(name, child, value)
+            if error:
+                raise ConfigError(error)
 
 
 def apply_overrides(config, overrides, source="override"):

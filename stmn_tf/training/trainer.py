@@ -168,7 +168,7 @@ def train(config, model_dir, steps=None, strategy=None, init_from=None, progress
     task = distribution.task_name(strategy)
     # Every task prints its final line (tagged in a multi-worker run, so that the
     # workers' losses can be compared); only the chief prints the rest.
-    final_echo = (lambda text: echo(f"[{task}] {text}")) if task else echo
+    final_echo = (lambda text, say=echo: say(f"[{task}] {text}")) if task else echo
     echo = echo if chief else (lambda *args, **kwargs: None)
     total_steps = int(steps if steps is not None else config.train.steps)
     init_from = init_from or config.train.init_from
@@ -276,7 +276,7 @@ def train(config, model_dir, steps=None, strategy=None, init_from=None, progress
     result.update(step=current, losses=losses, steps_per_second=done / elapsed,
                   examples_per_second=examples / elapsed)
     if not chief:
-        result["checkpoint"] = tf.train.latest_checkpoint(model_dir)
+        result["checkpoint"] = f"(the chief's, in {model_dir})"
     final_echo(f"Trained steps {start}..{current} in {elapsed:.1f} s ({done / elapsed:.2f} steps/s, "
          f"{examples / elapsed:.1f} clips/s on {strategy.num_replicas_in_sync} replica(s)); "
          f"loss {losses.get('total_loss', math.nan):.4f} ("
