@@ -40,7 +40,7 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from stmn_tf.configs import ConfigError
     from stmn_tf.configs import load_config
-    from stmn_tf.ops.match_trans import OpLibraryError
+    from stmn_tf.ops.match_trans_op import OpLibraryError
     from stmn_tf.serving.export import ExportError
     from stmn_tf.serving.export import export_saved_model
     from stmn_tf.serving.export import restore_for_export

@@ -198,7 +198,7 @@ def export_saved_model(
     if os.path.exists(final) and not overwrite:
         raise ExportError(f"{final} exists; pass overwrite=True (--overwrite) to replace it")
     if custom_op:
-        from stmn_tf.ops.match_trans import load_library
+        from stmn_tf.ops.match_trans_op import load_library
 
         load_library()  # fails here, with how to build it, rather than mid-trace
     os.makedirs(output_dir, exist_ok=True)

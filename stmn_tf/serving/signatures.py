@@ -43,6 +43,17 @@ OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_
 STATE_KEYS = ("state_memory", "state_features")
 
 
+def _check_shape(tensor, shape, name):
+    """A run-time shape check named after the input.
+
+    The loaded signatures (and TF Serving) check an input's dtype but not its shape
+    against the signature: without this, a frame without its T axis fails deep in
+    the graph with an unrelated message. The error reads "Shape of tensor images
+    [96,80,3] is not compatible with expected shape [?,?,?,3]".
+    """
+    return tf.ensure_shape(tensor, shape, name=name)
+
+
 def _check_clip(frames, name):
     """Run-time checks of a uint8 `[T, H, W, 3]` clip; the messages name the input."""
     shape = tf.shape(frames)
@@ -128,6 +139,7 @@ class DetectorServingModule:
 
     def detect_clip(self, frames):
         """uint8 `[T, H, W, 3]` -> the `serving_default` outputs (see the module docstring)."""
+        frames = _check_shape(frames, [None, None, None, 3], "images")
         with tf.control_dependencies(_check_clip(frames, "images")):
             images, scale = self.preprocess(frames)  # [T, Hp, Wp, 3], [T, 2]
         detections = self.model.detect(images[None], training=False)  # [1, T, ...]
@@ -136,6 +148,7 @@ class DetectorServingModule:
 
     def decode_frames(self, encoded):
         """string `[T]` -> uint8 `[T, H, W, 3]` RGB (all frames of one size)."""
+        encoded = _check_shape(encoded, [None], "encoded_frames")
         empty = tf.debugging.assert_positive(
             tf.size(encoded),
             message="encoded_frames: the clip is empty; expected [T] image bytes with T >= 1",
@@ -179,6 +192,10 @@ class DetectorServingModule:
           `state_memory` `[h, w, D]` and `state_features` `[h, w, C]`.
         """
         model = self.model
+        shapes = self.stream_state_shapes()
+        frame = _check_shape(frame, [None, None, 3], "frame")
+        state_memory = _check_shape(state_memory, shapes["state_memory"], "state_memory")
+        state_features = _check_shape(state_features, shapes["state_features"], "state_features")
         with tf.control_dependencies(_check_clip(frame[None], "frame")):
             image, scale = self.preprocess_frame(frame)  # [Hp, Wp, 3], [2]
         features = model.extract_features(image[None, None])  # [1, 1, h, w, C]
