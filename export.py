@@ -1,6 +1,6 @@
 """Exports a trained detector as a SavedModel for TF Serving.
 
-    python export.py --config configs/synthetic_tiny_stmn.yaml --checkpoint MODEL_DIR \
+    python export.py [--config configs/synthetic_tiny_stmn.yaml] --checkpoint MODEL_DIR \
         --output EXPORT_DIR [--version 1] [--custom-op] [--max-detections N] \
         [--params-override a.b=1,...] [--overwrite]
 
@@ -17,7 +17,11 @@ import sys
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="experiment YAML (as for train.py)")
+    parser.add_argument(
+        "--config", default=None,
+        help="experiment YAML (as for train.py); default: CHECKPOINT/config.yaml, the "
+        "resolved config that train.py writes into the model directory",
+    )
     parser.add_argument(
         "--checkpoint", required=True,
         help="a model directory (its latest checkpoint) or a checkpoint prefix",
@@ -45,8 +49,13 @@ def main(argv=None):
     from stmn_tf.serving.export import export_saved_model
     from stmn_tf.serving.export import restore_for_export
 
+    config_path = args.config
+    if config_path is None:
+        config_path = os.path.join(args.checkpoint, "config.yaml")
+        if not os.path.exists(config_path):
+            sys.exit(f"export.py: no --config given and no {config_path}")
     try:
-        config = load_config(args.config, args.params_override)
+        config = load_config(config_path, args.params_override)
     except ConfigError as e:
         sys.exit(f"export.py: {e}")
     if os.path.exists(os.path.join(args.output, str(args.version))) and not args.overwrite:

@@ -163,8 +163,8 @@ def test_train_then_export(tmp_path):
     if "not built yet" in trained.stderr + trained.stdout:
         pytest.skip("train.py is not built yet (training issue)")
     assert trained.returncode == 0, trained.stderr[-3000:]
-    completed = run_script("export.py", "--config", CONFIG, "--checkpoint", model_dir,
-                           "--output", output, "--params-override", override)
+    # No --config: the resolved config.yaml that train.py wrote into the model dir.
+    completed = run_script("export.py", "--checkpoint", model_dir, "--output", output)
     assert completed.returncode == 0, completed.stderr[-3000:]
     path = os.path.join(output, "1")
     assert custom_ops_in(path) == {}
