@@ -36,7 +36,7 @@ bench: install
 	@set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(PY) $$b; done
 
 demo: install
-	$(PY) -m stmn_tf.demo
+	$(PY) -m stmn_tf.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf build *.egg-info stmn_tf/ops/*.so stmn_tf/ops/*.so.cpu stmn_tf/ops/*.so.cuda
