@@ -82,6 +82,7 @@ setup(
         "matplotlib",
         "pyyaml",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # tensorflow-serving-api: the gRPC PredictRequest of stmn_tf.serving.client (its tests).
+    extras_require={"test": ["pytest>=7", "tensorflow-serving-api==2.20.*"]},
     cmdclass={"build_ops": BuildOps, "build_py": BuildPyWithOps},
 )
