@@ -4,7 +4,7 @@ For a clip of 11 frames (the paper's test window): ResNet-50 at 337x600 (the pap
 Sec. 4.4 setting, with ResNet-50 instead of 101 to fit a CPU run) and the tiny model.
 The main figures give both detectors the same 300 external proposals per frame (the
 paper timed its detector with precomputed proposals); the times with their RPN (the
-same in both) are reported too. The detectors differ only in the 3x3 1024->1024 conv
+same in both) with --with-rpn. The detectors differ only in the 3x3 1024->1024 conv
 vs the bidirectional memory.
 
 The FLOP ratio is counted from the layers' shapes: every convolution (2 * output
@@ -15,10 +15,12 @@ broken down into MatchTrans, the W/W_z/W_r input convolutions (one batched conv 
 all frames and both directions), and the rest of the recurrence (U convolutions,
 BN*/gates).
 
-    python benchmarks/detector.py [--repeats 5] [--quick]
+    python benchmarks/detector.py [--repeats 2] [--quick] [--with-rpn]
 
-Prints a table, then one JSON line. Timing is noisy on shared machines: the ratios
-are taken side by side in one run.
+Prints a table, then one JSON line. Timing is noisy on shared machines: the two
+detectors run in turns and the ratios are taken side by side in one run; the
+breakdown's parts are timed separately, so compare them with each other (e.g. the
+memory against the 3x3 conv it replaces), not with the detectors' totals.
 """
 
 import argparse
@@ -111,7 +113,7 @@ def memory_flops(stmn, h, w):
     return total
 
 
-def run(name, setting, repeats):
+def run(name, setting, repeats, with_rpn=False):
     height, width = setting["size"]
     keras.utils.set_random_seed(0)
     common = dict(num_classes=30, **setting["kwargs"])
@@ -128,15 +130,17 @@ def run(name, setting, repeats):
     stmn_forward = tf.function(lambda x, p: stmn.detect({"images": x, "proposals": p}))
     rfcn_rpn = tf.function(lambda x: rfcn.detect(x))
     stmn_rpn = tf.function(lambda x: stmn.detect(x))
-    t_rfcn, t_stmn, t_rfcn_rpn, t_stmn_rpn = interleaved_median_seconds(
-        [
-            lambda: rfcn_forward(images, proposals)["num_detections"].numpy(),
-            lambda: stmn_forward(images, proposals)["num_detections"].numpy(),
+    fns = [
+        lambda: rfcn_forward(images, proposals)["num_detections"].numpy(),
+        lambda: stmn_forward(images, proposals)["num_detections"].numpy(),
+    ]
+    if with_rpn:
+        fns += [
             lambda: rfcn_rpn(images)["num_detections"].numpy(),
             lambda: stmn_rpn(images)["num_detections"].numpy(),
-        ],
-        repeats,
-    )
+        ]
+    times = interleaved_median_seconds(fns, repeats)
+    t_rfcn, t_stmn = times[:2]
 
     features = tf.function(lambda x: stmn.extract_features(x))(images)  # [1, T, h, w, C]
     _, _, h, w, channels = features.shape
@@ -168,7 +172,10 @@ def run(name, setting, repeats):
         "rfcn_gflops": rfcn_flops / 1e9,
         "stmn_gflops": stmn_flops / 1e9,
         "memory_vs_head_conv_flops": memory_flops(stmn, h, w) / conv_flops(rfcn.head_conv, h, w),
-        "with_rpn": {"rfcn_s": t_rfcn_rpn, "stmn_s": t_stmn_rpn, "time_ratio": t_stmn_rpn / t_rfcn_rpn},
+        "with_rpn": (
+            {"rfcn_s": times[2], "stmn_s": times[3], "time_ratio": times[3] / times[2]}
+            if with_rpn else None
+        ),
         "extra_s": t_stmn - t_rfcn,
         "breakdown_s": {
             "memory_total": t_memory,
@@ -183,11 +190,12 @@ def run(name, setting, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--with-rpn", action="store_true", help="also time both with their RPN")
     parser.add_argument("--quick", action="store_true", help="the tiny model only")
     args = parser.parse_args()
     names = ["tiny_337x600"] if args.quick else list(SETTINGS)
-    results = [run(name, SETTINGS[name], args.repeats) for name in names]
+    results = [run(name, SETTINGS[name], args.repeats, args.with_rpn) for name in names]
     print(f"{'setting':<18} {'R-FCN s':>8} {'STMN s':>8} {'time x':>7} {'FLOP x':>7} "
           f"{'memory s':>9} {'3x3 s':>7} {'MatchT s':>9} {'W convs s':>9} {'rest s':>7}")
     for r in results:

@@ -9,6 +9,7 @@ from stmn_tf.models.builders import build_model
 from stmn_tf.models.config import ModelConfig
 from stmn_tf.models.config import tiny_model_config
 from stmn_tf.models.detector_transfer import TRANSFER_RULES
+from stmn_tf.models.detector_transfer import transfer_rfcn_file_to_stmn
 from stmn_tf.models.detector_transfer import transfer_rfcn_to_stmn
 from stmn_tf.models.features import DetectorFeatures
 from stmn_tf.models.rfcn import RFCN

@@ -86,3 +86,33 @@ def transfer_rfcn_to_stmn(rfcn, stmn, variant="stmn"):
     else:
         _transfer_forward_memory(rfcn.head_conv, stmn.memory_layer.cell, not rules["memory"], report)
     return report
+
+
+def transfer_rfcn_file_to_stmn(path, stmn, variant="stmn"):
+    """`transfer_rfcn_to_stmn` from a saved static detector.
+
+    Args:
+      path: a `.keras` file of an `RFCN`, or a `.weights.h5` of an `RFCN` built with
+        the STMN's arguments (and `head_channels = 2 * memory_filters`).
+      stmn: a built `STMN`.
+      variant: a key of `TRANSFER_RULES`.
+
+    Returns:
+      the `transfer_rfcn_to_stmn` report.
+    """
+    import keras
+
+    from stmn_tf.models.rfcn import RFCN
+
+    if path.endswith(".keras"):
+        rfcn = keras.saving.load_model(path)
+    else:
+        config = stmn.get_config()
+        for key in list(config):
+            if key.startswith("memory_") or key in ("match_trans_implementation", "name"):
+                config.pop(key)
+        config.pop("trainable", None)
+        config.pop("dtype", None)
+        rfcn = RFCN(head_channels=2 * stmn.memory_filters, **config)
+        rfcn.load_weights(path)
+    return transfer_rfcn_to_stmn(rfcn, stmn, variant)

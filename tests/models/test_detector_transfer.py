@@ -80,3 +80,20 @@ def test_mismatched_shapes_raise():
         transfer_rfcn_to_stmn(rfcn, stmn)
     with pytest.raises(ValueError, match="Unknown variant"):
         transfer_rfcn_to_stmn(rfcn, STMN(num_classes=2, **TINY_STMN_KWARGS), "lstm")
+
+
+def test_transfer_from_saved_weights(tmp_path):
+    from stmn_tf.models import transfer_rfcn_file_to_stmn
+
+    rfcn = _perturbed_rfcn()
+    path = str(tmp_path / "rfcn.weights.h5")
+    rfcn.save_weights(path)
+    stmn = STMN(num_classes=2, **dict(TINY_STMN_KWARGS, score_threshold=0.0))
+    report = transfer_rfcn_file_to_stmn(path, stmn)
+    assert len(report["copied"]) > len(rfcn.weights)
+    stmn.bypass_memory = True
+    clip = make_clip()
+    np.testing.assert_allclose(
+        stmn.predict_step(clip)["detection_scores"], rfcn.predict_step(clip)["detection_scores"],
+        rtol=1e-4, atol=1e-5,
+    )
