@@ -16,6 +16,7 @@ default to the function that builds it (no registration by import side effect).
 import copy
 import dataclasses
 import os
+import re
 from typing import List, Optional
 
 import yaml
@@ -184,12 +185,31 @@ class ConfigError(ValueError):
     """A config file or override that cannot be applied; the message names the key."""
 
 
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
 def _parse_value(text):
-    """'1' -> 1, 'true' -> True, '[1, 2]' -> [1, 2], 'x' -> 'x' (YAML scalars)."""
+    """'1' -> 1, 'true' -> True, '[1, 2]' -> [1, 2], 'x' -> 'x' (YAML scalars).
+
+    '1e-4' is a float too, although YAML 1.1 (PyYAML) reads exponents without a
+    decimal point as strings.
+    """
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    return _numbers(value)
+
+
+def _numbers(value):
+    """Number-like strings (YAML 1.1's '1e-4') to floats, in nested dicts and lists."""
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
 
 
 def parse_params_override(text):
@@ -286,6 +306,7 @@ def _load_yaml(path, seen=()):
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if not isinstance(content, dict):
         raise ConfigError(f"config file {path} must hold a mapping")
+    content = _numbers(content)
     base = content.pop("base", "experiment")
     if base.endswith((".yaml", ".yml")):  # a base file, relative to this one
         base_path = os.path.join(os.path.dirname(path), base)

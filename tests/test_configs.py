@@ -91,3 +91,12 @@ def test_save_config_round_trips(tmp_path):
     path = str(tmp_path / "model" / "config.yaml")
     configs.save_config(config, path)
     assert configs.load_config(path).as_dict() == config.as_dict()
+
+
+def test_exponent_floats_from_yaml_and_overrides(tmp_path):
+    """YAML 1.1 reads '1e-4' as a string; configs take it as the number it is."""
+    path = tmp_path / "lr.yaml"
+    path.write_text("base: synthetic_tiny_rfcn\ntrain:\n  optimizer:\n    learning_rate: 1e-4\n")
+    config = configs.load_config(str(path), "train.optimizer.momentum=5e-1")
+    assert config.train.optimizer.learning_rate == pytest.approx(1e-4)
+    assert config.train.optimizer.momentum == pytest.approx(0.5)
