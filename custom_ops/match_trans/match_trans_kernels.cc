@@ -100,6 +100,26 @@ inline void PairDots(const float* f0, const float* f1, const float* g, int64_t C
   }
 }
 
+// Dots of one feature vector f with n <= KS consecutive neighbours g[0..n) (stride C):
+// out[j] = <f, g[j]>; f is loaded once for all of them.
+template <int KS>
+inline void RowDots(const float* f, const float* g, int n, int64_t C, float* out) {
+  v8f acc[KS];
+  for (int j = 0; j < KS; ++j) acc[j] = v8f{};
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) {
+    const v8f a = *reinterpret_cast<const v8f*>(f + c);
+    for (int j = 0; j < KS; ++j) {
+      if (j < n) acc[j] += a * *reinterpret_cast<const v8f*>(g + j * C + c);
+    }
+  }
+  for (int j = 0; j < n; ++j) {
+    float s = HorizontalSum(acc[j]);
+    for (int64_t t = c; t < C; ++t) s += f[t] * g[j * C + t];
+    out[j] = s;
+  }
+}
+
 // Dot products of one row of features with one row of prev_features for offsets
 // dx in [-k, k]: dots[x * stride + (dx + k)], for in-bounds neighbours only.
 template <int KS>
@@ -112,12 +132,11 @@ void BandDots(const float* frow, const float* grow, int64_t W, int64_t C, int64_
       PairDots<KS>(frow + x * C, frow + (x + 1) * C, grow + (x - k) * C, C,
                    dots + x * stride, dots + (x + 1) * stride);
       x += 2;
-    } else {  // the map's left and right edges
-      for (int dx = -k; dx <= k; ++dx) {
-        if (x + dx >= 0 && x + dx < W) {
-          dots[x * stride + dx + k] = Dot<float>(frow + x * C, grow + (x + dx) * C, C);
-        }
-      }
+    } else {  // the map's left and right edges: the in-bounds part of the window
+      const int dx0 = x - k < 0 ? -static_cast<int>(x) : -k;
+      const int dx1 = x + k >= W ? static_cast<int>(W - 1 - x) : k;
+      RowDots<KS>(frow + x * C, grow + (x + dx0) * C, dx1 - dx0 + 1, C,
+                  dots + x * stride + dx0 + k);
       x += 1;
     }
   }
