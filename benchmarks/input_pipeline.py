@@ -1,11 +1,12 @@
 """Input pipeline throughput at 600-pixel frames (DESIGN.md §6: never the bottleneck).
 
-    python benchmarks/input_pipeline.py [--videos 4] [--clips 40]
+    python benchmarks/input_pipeline.py [--videos 4] [--clips 40] [--steps 20]
 
 Writes a few synthetic 600x800 videos to a temporary folder, then measures training
-clips/s and frames/s with and without augmentation (flip), and prints a table and a
-final JSON line. `pipeline_share_of_step(step_fn, config)` measures the pipeline's
-share of a training step once a model exists.
+clips/s and frames/s with and without augmentation (flip); then the pipeline's share
+of a training step of the tiny STMN on the embedded synthetic data (the real pipeline
+against one cached batch repeated, DESIGN.md §6: within 5%). Prints a table and a
+final JSON line.
 """
 
 import argparse
@@ -72,10 +73,28 @@ def pipeline_share_of_step(step_fn, config, steps=20, warmup=3):
             "share": max(0.0, 1.0 - cached_time / real)}
 
 
+def tiny_stmn_step_share(directory, steps):
+    """The pipeline's share of a training step of the tiny STMN (synthetic_tiny_stmn)."""
+    from stmn_tf import configs
+    from stmn_tf.training import trainer
+
+    config = configs.DEFAULTS["synthetic_tiny_stmn"]()
+    config.synthetic_data_dir = directory
+    config.train_data.synthetic.override({"num_train_videos": 24, "num_val_videos": 2,
+                                          "num_test_videos": 2})
+    config = configs.resolve_synthetic_data(config)
+    strategy = tf.distribute.get_strategy()
+    state = trainer.TrainingState(config, strategy)
+    step = trainer.make_train_step(state, strategy,
+                                   weight_decay=config.train.optimizer.weight_decay)
+    return pipeline_share_of_step(step, config.train_data, steps=steps)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=4)
     parser.add_argument("--clips", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=20, help="training steps per measurement")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as directory:
@@ -83,11 +102,17 @@ def main():
         for augment in (False, True):
             results["flip" if augment else "no_augmentation"] = measure(
                 data_config(directory, augment), args.clips)
+    with tempfile.TemporaryDirectory() as directory:
+        share = tiny_stmn_step_share(directory, args.steps)
     print(f"{'setting':<18}{'clips/s':>10}{'frames/s':>10}   (T=7, 600x800 -> 600x800 in 608x1024)")
     for name, r in results.items():
         print(f"{name:<18}{r['clips_per_s']:>10.2f}{r['frames_per_s']:>10.1f}")
+    print(f"tiny STMN training step (4 clips x 7 frames, 128x128): "
+          f"{share['step_s_real'] * 1e3:.0f} ms with the pipeline, "
+          f"{share['step_s_cached'] * 1e3:.0f} ms on a cached batch: "
+          f"pipeline share {100 * share['share']:.1f}%")
     print(json.dumps({"benchmark": "input_pipeline", "frame_size": [600, 800], "num_frames": 7,
-                      "cores": os.cpu_count(), **results}))
+                      "cores": os.cpu_count(), **results, "tiny_stmn_step": share}))
 
 
 if __name__ == "__main__":
