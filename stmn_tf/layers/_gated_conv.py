@@ -152,10 +152,10 @@ class GatedConvCell(keras.layers.Layer):
         return project_inputs(self.input_convs, features, self.input_scale)
 
     def _gate(self, x):
-        raise NotImplementedError
+        raise NotImplementedError("abstract: STMMCell and ConvGRUCell define the gate")
 
     def _candidate(self, x):
-        raise NotImplementedError
+        raise NotImplementedError("abstract: STMMCell and ConvGRUCell define the candidate")
 
     def _align_memory(self, features, prev_features, memory):
         if not self.align:

@@ -135,11 +135,11 @@ class TwoStageDetector(keras.Model):
 
     def _build_head_features(self):
         """Creates the layers between `F_t` and the R-FCN head."""
-        raise NotImplementedError
+        raise NotImplementedError("abstract: RFCN and STMN define it")
 
     def head_features(self, features, training=False):
         """`[B, T, h, w, feature_channels]` -> `[B, T, h, w, C_head]`, the R-FCN head's input."""
-        raise NotImplementedError
+        raise NotImplementedError("abstract: RFCN and STMN define it")
 
     # -- building -------------------------------------------------------------
 
