@@ -284,8 +284,8 @@ def _report(demo, methods, window_maps, served, video_id):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=os.path.join(REPO, "reports", "demo"))
-    parser.add_argument("--rfcn-steps", type=int, default=2000)
-    parser.add_argument("--stmn-steps", type=int, default=600)
+    parser.add_argument("--rfcn-steps", type=int, default=3000)
+    parser.add_argument("--stmn-steps", type=int, default=1000)
     parser.add_argument("--max-videos", type=int, default=0,
                         help="evaluate on the first N test videos only (0: all)")
     args = parser.parse_args(argv)
