@@ -232,18 +232,18 @@ class GatedConvCell(keras.layers.Layer):
                 "align": self.align,
                 "input_scale": self.input_scale,
                 "implementation": self.implementation,
-                "kernel_initializer": keras.initializers.serialize(
-                    keras.initializers.get(self.kernel_initializer)
-                ),
-                "recurrent_initializer": keras.initializers.serialize(
-                    keras.initializers.get(self.recurrent_initializer)
-                ),
-                "bias_initializer": keras.initializers.serialize(
-                    keras.initializers.get(self.bias_initializer)
-                ),
+                **serialized_initializers(self),
             }
         )
         return config
+
+
+def serialized_initializers(layer):
+    """The three initializer arguments of a gated conv layer, as `get_config` stores them."""
+    return {
+        name: keras.initializers.serialize(keras.initializers.get(getattr(layer, name)))
+        for name in ("kernel_initializer", "recurrent_initializer", "bias_initializer")
+    }
 
 
 class GatedConvRNN(keras.layers.RNN):

@@ -3,6 +3,7 @@
 import keras
 
 from stmn_tf.layers._gated_conv import project_inputs
+from stmn_tf.layers._gated_conv import serialized_initializers
 from stmn_tf.layers.conv_gru import ConvGRU
 from stmn_tf.layers.stmm import STMM
 
@@ -150,15 +151,7 @@ class BidirectionalSTMM(keras.layers.Layer):
                 "std_multiplier": self.std_multiplier,
                 "input_scale": self.input_scale,
                 "implementation": self.implementation,
-                "kernel_initializer": keras.initializers.serialize(
-                    keras.initializers.get(self.kernel_initializer)
-                ),
-                "recurrent_initializer": keras.initializers.serialize(
-                    keras.initializers.get(self.recurrent_initializer)
-                ),
-                "bias_initializer": keras.initializers.serialize(
-                    keras.initializers.get(self.bias_initializer)
-                ),
+                **serialized_initializers(self),
             }
         )
         return config
