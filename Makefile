@@ -38,5 +38,9 @@ bench: install
 demo: install
 	$(PY) -m stmn_tf.demo $(DEMO_ARGS)
 
+# Table 2 in miniature: reuses make demo's R-FCN when it is there; resumable.
+ablation: install
+	$(PY) -m stmn_tf.ablation $(ABLATION_ARGS)
+
 clean:
 	rm -rf build *.egg-info stmn_tf/ops/*.so stmn_tf/ops/*.so.cpu stmn_tf/ops/*.so.cuda
