@@ -65,8 +65,11 @@ def main(argv=None):
     print(run.format_table(results))
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
+        # Written whole or not at all: a cut file would read as a finished evaluation.
+        temporary = args.output + ".tmp"
+        with open(temporary, "w") as f:
             json.dump(run.to_json(results), f, indent=1)
+        os.replace(temporary, args.output)
         print(f"wrote {args.output}")
     return results
 

@@ -32,6 +32,8 @@ import numpy as np
 
 from stmn_tf.demo import REPO
 from stmn_tf.demo import RFCN_CONFIG
+from stmn_tf.demo import RFCN_STEPS
+from stmn_tf.demo import STMN_STEPS
 from stmn_tf.demo import Demo
 
 # Table 2's columns, in the paper's order (best first).
@@ -42,9 +44,6 @@ LABELS = {"rfcn": "static R-FCN", "stmn": "STMN", "stmn_no_matchtrans": "STMN-No
 # evaluate.py's JSON). The paper gives no static detector in this table.
 PAPER_TABLE2 = {"stmn": 0.507, "stmn_no_matchtrans": 0.490, "convgru_pretrain": 0.480,
                 "convgru_freshfc": 0.448}
-# The defaults of `python -m stmn_tf.demo` (its argparse defaults live inside its main()).
-RFCN_STEPS = 3000
-STMN_STEPS = 1000
 SEEDS = (0, 1)
 WINDOW = 11
 METRICS = ("mAP", "mAP_slow", "mAP_medium", "mAP_fast")

@@ -150,10 +150,17 @@ def _synthetic_tiny(model_type):
     config.eval_data.override({**common, "input_path": "{synthetic_data_dir}/test-*-of-*",
                                "is_training": False, "random_flip": False,
                                "global_batch_size": 0})
-    config.train.override({"steps": 2000, "checkpoint_every": 200, "summary_every": 20,
+    # Tuned on the val split: the from-scratch static R-FCN underfits at lr 0.01
+    # (16.7 / 17.6 val mAP at lr 0.02 / 0.04 against 11.5); STMN starts from it and
+    # fine-tunes at half its rate.
+    if model_type == "stmn":
+        steps, learning_rate, decay_steps = 2000, 0.02, [1500]
+    else:
+        steps, learning_rate, decay_steps = 3000, 0.04, [2500]
+    config.train.override({"steps": steps, "checkpoint_every": 200, "summary_every": 20,
                            "image_summary_every": 200})
-    config.train.optimizer.override({"learning_rate": 0.01, "schedule": "step",
-                                     "decay_steps": [1500], "warmup_steps": 100})
+    config.train.optimizer.override({"learning_rate": learning_rate, "schedule": "step",
+                                     "decay_steps": decay_steps, "warmup_steps": 100})
     config.eval.override({"window": 11, "stride": 2})
     return config
 

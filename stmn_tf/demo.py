@@ -30,6 +30,9 @@ STREET_CLIP = os.path.join(os.path.dirname(REPO), "shared", "data", "street_1080
 RFCN_CONFIG = os.path.join(REPO, "configs", "synthetic_tiny_rfcn.yaml")
 STMN_CONFIG = os.path.join(REPO, "configs", "synthetic_tiny_stmn.yaml")
 WINDOWS = (3, 7, 11, 15)
+# The default training budgets (`make ablation` uses the same).
+RFCN_STEPS = 3000
+STMN_STEPS = 2000
 
 
 class Demo:
@@ -284,8 +287,8 @@ def _report(demo, methods, window_maps, served, video_id):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=os.path.join(REPO, "reports", "demo"))
-    parser.add_argument("--rfcn-steps", type=int, default=3000)
-    parser.add_argument("--stmn-steps", type=int, default=1000)
+    parser.add_argument("--rfcn-steps", type=int, default=RFCN_STEPS)
+    parser.add_argument("--stmn-steps", type=int, default=STMN_STEPS)
     parser.add_argument("--max-videos", type=int, default=0,
                         help="evaluate on the first N test videos only (0: all)")
     args = parser.parse_args(argv)

@@ -30,6 +30,10 @@ class SyntheticConfig(hyperparams.Config):
         background_speed: camera pan in pixels per frame.
         cue_threshold: the class pattern shows while cos(viewpoint) > this (0.5:
             a third of the time).
+        min_turn_period, max_turn_period: an object turns once every this many
+            frames (uniform in the range); the pattern is hidden for the 2/3 of a
+            turn at cue_threshold 0.5, e.g. 5 to 11 frames for periods 8 to 16, so
+            that a training clip of 7 frames 1 in 2 nearly always sees it once.
         occlusion_probability: per object, one heavy occlusion (60-85% of the box)
             lasting 3-6 consecutive frames.
         blur_probability: per video, 1-2 bursts of 2-4 frames of camera-shake blur.
@@ -52,6 +56,8 @@ class SyntheticConfig(hyperparams.Config):
     max_speed: float = 4.0
     background_speed: float = 1.5
     cue_threshold: float = 0.5
+    min_turn_period: float = 8.0
+    max_turn_period: float = 16.0
     occlusion_probability: float = 0.6
     blur_probability: float = 0.5
     jpeg_quality: int = 90

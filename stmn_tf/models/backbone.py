@@ -8,10 +8,17 @@ dilated by 2 (so conv5 stays at stride 16 with the receptive field it was traine
 with), and batch norm is frozen (inference mode, not trained), since detection
 batches are too small for batch statistics.
 
+A backbone trained from scratch (the tiny one of the demo and tests) has nothing to
+freeze: `norm="group_norm"` replaces every batch norm with group normalisation
+(Wu & He 2018), which needs no batch statistics and is what "Rethinking ImageNet
+Pre-training" (He et al. 2019) trains detectors from scratch with.
+
 Inputs are RGB images in [0, 255]; like `keras.applications.resnet.preprocess_input`
 (caffe mode), the backbone flips them to BGR and subtracts the ImageNet mean, which is
 what the keras.applications weights expect.
 """
+
+import math
 
 import keras
 
@@ -20,6 +27,22 @@ IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 FILTERS = (64, 128, 256, 512)
 BN_EPSILON = 1.001e-5  # keras.applications' value
+NORMS = ("frozen_bn", "group_norm")
+GROUP_NORM_GROUPS = 32
+
+
+def _norm_layer(norm, channels, name):
+    """`frozen_bn`: keras.applications' batch norm in inference mode, never trained.
+    `group_norm`: trained group norm with gcd(channels, 32) groups."""
+    if norm == "frozen_bn":
+        return keras.layers.BatchNormalization(
+            axis=-1, epsilon=BN_EPSILON, name=f"{name}_bn", trainable=False
+        )
+    if norm == "group_norm":
+        return keras.layers.GroupNormalization(
+            groups=math.gcd(channels, GROUP_NORM_GROUPS), epsilon=BN_EPSILON, name=f"{name}_gn"
+        )
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
 @keras.saving.register_keras_serializable(package="stmn_tf")
@@ -42,13 +65,12 @@ class CaffePreprocess(keras.layers.Layer):
         return input_shape
 
 
-def _bottleneck(x, filters, stride, dilation, shortcut_conv, name, trainable):
+def _bottleneck(x, filters, stride, dilation, shortcut_conv, name, trainable, norm):
     """A keras.applications ResNet v1 bottleneck block (stride on the first 1x1)."""
 
     def bn(suffix):
-        return keras.layers.BatchNormalization(
-            axis=-1, epsilon=BN_EPSILON, name=f"{name}_{suffix}_bn", trainable=False
-        )
+        channels = 4 * filters if suffix in ("0", "3") else filters
+        return _norm_layer(norm, channels, f"{name}_{suffix}")
 
     def conv(out, kernel, suffix, strides=1, dilation_rate=1):
         return keras.layers.Conv2D(
@@ -83,6 +105,7 @@ def resnet_backbone(
     stem_filters=64,
     frozen_stages=2,
     dilate_conv5=True,
+    norm="frozen_bn",
     name=None,
 ):
     """Builds a ResNet v1 feature extractor with outputs at stride 16.
@@ -98,6 +121,8 @@ def resnet_backbone(
         freezes conv1 and conv2). 0 trains all. Defaults to 2.
       dilate_conv5: bool. R-FCN's stride-16 conv5 (stride 1, dilation 2). Defaults
         to True.
+      norm: `"frozen_bn"` (R-FCN, for pretrained weights) or `"group_norm"` (for
+        training from scratch). Defaults to `"frozen_bn"`.
       name: str.
 
     Returns:
@@ -105,6 +130,8 @@ def resnet_backbone(
       `[conv4 [N, H/16, W/16, 4*filters[2]], conv5 [N, H/16, W/16, 4*filters[3]]]`
       (sizes rounded up).
     """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     blocks = tuple(blocks or BLOCKS[depth])
     filters = tuple(filters or FILTERS)
     images = keras.Input((None, None, 3), name="images")
@@ -113,9 +140,7 @@ def resnet_backbone(
     x = keras.layers.Conv2D(
         stem_filters, 7, strides=2, name="conv1_conv", trainable=frozen_stages < 1
     )(x)
-    x = keras.layers.BatchNormalization(
-        epsilon=BN_EPSILON, name="conv1_bn", trainable=False
-    )(x)
+    x = _norm_layer(norm, stem_filters, "conv1")(x)
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
     x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
@@ -135,6 +160,7 @@ def resnet_backbone(
                 shortcut_conv=b == 0,
                 name=f"{stage_name}_block{b + 1}",
                 trainable=frozen_stages < stage + 2,
+                norm=norm,
             )
         if stage >= 2:
             outputs.append(x)

@@ -13,6 +13,7 @@ def _backbone_kwargs(config):
         backbone_depth=backbone.depth,
         frozen_stages=backbone.frozen_stages,
         backbone_weights=backbone.weights,
+        backbone_norm=backbone.norm,
     )
     if backbone.tiny:
         kwargs.update(
@@ -32,6 +33,7 @@ def build_backbone(config):
         filters=kwargs.get("backbone_filters"),
         stem_filters=kwargs.get("backbone_stem_filters", 64),
         frozen_stages=kwargs["frozen_stages"],
+        norm=kwargs["backbone_norm"],
     )
 
 

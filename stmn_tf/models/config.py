@@ -14,11 +14,13 @@ from official.modeling import hyperparams
 
 @dataclasses.dataclass
 class BackboneConfig(hyperparams.Config):
-    """ResNet backbone. `tiny`: 1 block per stage, widths (8, 16, 32, 64), stem 16."""
+    """ResNet backbone. `tiny`: 1 block per stage, widths (8, 16, 32, 64), stem 16.
+    `norm`: frozen_bn (R-FCN with pretrained weights) | group_norm (from scratch)."""
 
     depth: int = 101
     tiny: bool = False
     frozen_stages: int = 2
+    norm: str = "frozen_bn"
     weights: Optional[str] = None  # a local keras.applications ResNet .weights.h5
 
 
@@ -118,7 +120,9 @@ def tiny_model_config(model_type="rfcn", num_classes=30):
     config = ModelConfig(type=model_type, num_classes=num_classes)
     config.override(
         {
-            "backbone": {"tiny": True, "frozen_stages": 0},
+            # Trained from scratch: group norm, since frozen batch norm would
+            # leave the backbone without any normalisation.
+            "backbone": {"tiny": True, "frozen_stages": 0, "norm": "group_norm"},
             "features": {"reduce_channels": 32, "channels": 64},
             "anchors": {"scales": [16.0, 32.0, 64.0]},
             "rpn": {

@@ -44,6 +44,7 @@ class TwoStageDetector(keras.Model):
         backbone_stem_filters=64,
         frozen_stages=2,
         backbone_weights=None,
+        backbone_norm="frozen_bn",
         feature_reduce_channels=512,
         feature_channels=1024,
         feature_dilation=6,
@@ -80,6 +81,7 @@ class TwoStageDetector(keras.Model):
         self.backbone_filters = tuple(backbone_filters) if backbone_filters else None
         self.backbone_stem_filters = backbone_stem_filters
         self.frozen_stages = frozen_stages
+        self.backbone_norm = backbone_norm
         self.feature_reduce_channels = feature_reduce_channels
         self.feature_channels = feature_channels
         self.feature_dilation = feature_dilation
@@ -114,6 +116,7 @@ class TwoStageDetector(keras.Model):
             filters=self.backbone_filters,
             stem_filters=backbone_stem_filters,
             frozen_stages=frozen_stages,
+            norm=backbone_norm,
             name="backbone",
         )
         self.features = DetectorFeatures(
@@ -129,6 +132,11 @@ class TwoStageDetector(keras.Model):
         self._build_head_features()
         self._build_by_running()
         if backbone_weights:
+            if backbone_norm != "frozen_bn":
+                raise ValueError(
+                    f"backbone_weights {backbone_weights!r} are keras.applications batch-norm "
+                    f"weights; they need backbone_norm='frozen_bn', not {backbone_norm!r}"
+                )
             load_keras_applications_weights(self.backbone, backbone_weights, backbone_depth)
 
     # -- subclass hooks -------------------------------------------------------
@@ -363,7 +371,7 @@ class TwoStageDetector(keras.Model):
         config = super().get_config()
         for key in (
             "num_classes backbone_depth backbone_blocks backbone_filters backbone_stem_filters "
-            "frozen_stages feature_reduce_channels feature_channels feature_dilation "
+            "frozen_stages backbone_norm feature_reduce_channels feature_channels feature_dilation "
             "rfcn_channels ps_roi_bins rpn_channels anchor_scales anchor_ratios "
             "rpn_pre_nms_top_n_train rpn_post_nms_top_n_train rpn_pre_nms_top_n_test "
             "rpn_post_nms_top_n_test rpn_nms_iou rpn_min_size rpn_batch_size "

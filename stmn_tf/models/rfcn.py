@@ -24,6 +24,8 @@ class RFCN(TwoStageDetector):
       frozen_stages: int. ResNet stages not trained (conv1, conv2). Defaults to 2.
       backbone_weights: optional path of a local keras.applications ResNet
         `.weights.h5`, loaded by layer name (never downloaded).
+      backbone_norm: str. `"frozen_bn"` (R-FCN, default) or `"group_norm"` (a
+        backbone trained from scratch, as the tiny one).
       feature_reduce_channels, feature_channels, feature_dilation: the features
         `F_t` (512, 1024, 6).
       rfcn_channels: int. The head's 1x1 conv (512). ps_roi_bins: int (7).

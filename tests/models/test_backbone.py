@@ -13,8 +13,10 @@ from stmn_tf.models.backbone import resnet_backbone
 # keras.applications.ResNet50/101(include_top=False) have the same counts: the
 # dilated conv5 has the same weights.
 PINNED = {50: 23_587_712, 101: 42_658_176}
-# stem 2368 + 64, conv2 1872, conv3 6688, conv4 25152, conv5 97408 (counted by hand).
-TINY_PINNED = 133_552
+# With batch norm: stem 2368 + 64, conv2 1872, conv3 6688, conv4 25152, conv5 97408
+# (counted by hand) = 133_552; the tiny backbone has group norm instead, 2 weights per
+# channel instead of 4 (1216 normalised channels): 133_552 - 2 * 1216.
+TINY_PINNED = 131_120
 
 
 @pytest.mark.parametrize("depth", [50, 101])
@@ -52,6 +54,50 @@ def test_batch_norm_frozen_and_stages_frozen(rng):
         backbone(images, training=True)[1].numpy(), backbone(images, training=False)[1].numpy()
     )
     np.testing.assert_allclose(bn.moving_mean.numpy(), 0.5)
+
+
+def _group_norm_reference(x, groups, gamma, beta, epsilon):
+    n, h, w, c = x.shape
+    g = x.reshape(n, h, w, groups, c // groups)
+    mean = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = g.var(axis=(1, 2, 4), keepdims=True)
+    return ((g - mean) / np.sqrt(var + epsilon)).reshape(n, h, w, c) * gamma + beta
+
+
+def test_group_norm_backbone(rng):
+    backbone = resnet_backbone(blocks=(1, 1, 1, 1), filters=(8, 16, 32, 64), stem_filters=16,
+                               frozen_stages=0, norm="group_norm")
+    assert not [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
+    gns = {l.name: l for l in backbone.layers if isinstance(l, keras.layers.GroupNormalization)}
+    # gcd(channels, 32) groups: 8 channels -> 8 groups, 16 -> 16, 128 -> 32.
+    assert gns["conv2_block1_1_gn"].groups == 8
+    assert gns["conv3_block1_1_gn"].groups == 16
+    assert gns["conv4_block1_3_gn"].groups == 32
+    assert all(w.trainable for l in gns.values() for w in l.weights)
+    # Same in training and inference (no batch statistics), and per image: an image's
+    # output does not depend on the rest of the batch.
+    images = rng.uniform(0, 255, (3, 48, 48, 3)).astype("float32")
+    train_out = backbone(images, training=True)[1].numpy()
+    np.testing.assert_allclose(train_out, backbone(images, training=False)[1].numpy(), atol=1e-5)
+    np.testing.assert_allclose(train_out[:1], backbone(images[:1])[1].numpy(), atol=1e-4)
+    # One layer against the NumPy reference.
+    layer = gns["conv3_block1_1_gn"]
+    layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape))
+    layer.beta.assign(rng.normal(0, 0.5, layer.beta.shape))
+    x = rng.normal(2.0, 3.0, (2, 5, 6, 16)).astype("float32")
+    expected = _group_norm_reference(x.astype("float64"), 16, layer.gamma.numpy(),
+                                     layer.beta.numpy(), layer.epsilon)
+    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_norm_and_pretrained_weights_with_group_norm_raise():
+    with pytest.raises(ValueError, match="norm"):
+        resnet_backbone(blocks=(1, 1, 1, 1), filters=(4, 4, 4, 4), stem_filters=4, norm="bn")
+    from stmn_tf.models import RFCN
+
+    with pytest.raises(ValueError, match="frozen_bn"):
+        RFCN(num_classes=2, backbone_weights="/nonexistent.weights.h5", backbone_norm="group_norm",
+             backbone_blocks=(1, 1, 1, 1), backbone_filters=(4, 4, 4, 4), backbone_stem_filters=4)
 
 
 def test_loads_keras_applications_weights(tmp_path, rng):
