@@ -1,11 +1,11 @@
 """The embedded synthetic VID-like data set: seeded videos where memory matters.
 
 Every object has the same kind of body: a silhouette drawn from a small shared family
-(ellipse, rounded square, squircle), a random colour and a random blotchy texture, none
-of which depends on its class. The class shows only as a pattern on the object's
-"front" (stripes, checks, dots, ...), and the object turns: the front faces the camera
-while cos(viewpoint) > cue_threshold, about a third of the time, in runs of several
-frames. In the other frames a single frame cannot tell the class, but the same track a
+(ellipse, rounded square, squircle), a random greyish colour and a random blotchy
+texture, none of which depends on its class. The class shows only as a pattern on the
+object's "front" (stripes, checks, dots, ...) in the class's ink colour, and the object
+turns (once every 8-16 frames): the front faces the camera while cos(viewpoint) >
+cue_threshold, a third of the time, in runs of a few frames. In the other frames a single frame cannot tell the class, but the same track a
 few frames earlier or later can. On top of that: heavy occlusion (60-85% of the box
 hidden behind a patch of background for 3-6 frames), bursts of camera-shake motion
 blur that wipe out the pattern, scale changes (+-10..35%), 0 to `max_objects` objects
