@@ -49,6 +49,10 @@ def project_inputs(convs, features, scale=1.0):
             features, (-1, shape[2], shape[3], features.shape[-1])
         )
     out = keras.ops.conv(features, kernel, padding="same", data_format="channels_last")
+    # TF's CPU convolution returns the input's channel count for an empty batch; the
+    # reshape states the output channels (a no-op otherwise).
+    out_hw = keras.ops.shape(out)
+    out = keras.ops.reshape(out, (-1, out_hw[1], out_hw[2], kernel.shape[-1]))
     out = out + bias
     if scale != 1.0:
         out = out * keras.ops.cast(scale, dtype)

@@ -68,7 +68,9 @@ def test_evaluation_frames_give_back_the_annotations_pixel_exact(dataset_dir):
         assert frame["track_ids"].numpy()[:n].tolist() == [o["track_id"] for o in objects][:n]
         assert np.all(frame["labels"].numpy()[n:] == 0) and np.all(frame["track_ids"].numpy()[n:] == -1)
         resized = tf.image.resize(image.astype(np.float32), [96, 120]).numpy()
-        assert np.abs(frame["images"].numpy()[:96, :120] - resized).mean() < 6  # JPEG noise only
+        # JPEG noise only (the saturated class inks lose most to chroma subsampling);
+        # a wrong frame or a shifted crop is off by tens.
+        assert np.abs(frame["images"].numpy()[:96, :120] - resized).mean() < 8
 
 
 def _first_batches(config, count):

@@ -9,6 +9,7 @@ TINY_KWARGS = dict(
     backbone_filters=(8, 16, 32, 64),
     backbone_stem_filters=16,
     frozen_stages=0,
+    backbone_norm="group_norm",  # as tiny_model_config: trained from scratch
     feature_reduce_channels=32,
     feature_channels=64,
     rfcn_channels=32,

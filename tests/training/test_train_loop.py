@@ -37,7 +37,7 @@ def strategy():
 def stage1(workdir, strategy):
     """A tiny R-FCN trained for 30 steps (stage 1), then resumed to 32."""
     config = tiny_config("synthetic_tiny_rfcn", str(workdir / "data"),
-                         train__optimizer__learning_rate=0.02, train__optimizer__warmup_steps=0,
+                         train__optimizer__learning_rate=0.04, train__optimizer__warmup_steps=0,
                          train__checkpoint_every=10, train__summary_every=2,
                          train__image_summary_every=30, train__keep_checkpoints=2)
     model_dir = str(workdir / "rfcn")
@@ -65,7 +65,7 @@ def test_checkpoints_logs_and_resume(stage1):
                for m in stage1["messages"])
     # The resolved config, loadable as a config file.
     resolved = configs.load_config(os.path.join(model_dir, "config.yaml"))
-    assert resolved.train.optimizer.learning_rate == pytest.approx(0.02)
+    assert resolved.train.optimizer.learning_rate == pytest.approx(0.04)
     assert resolved.train_data.input_path == stage1["config"].train_data.input_path
     # The JSON log: every second step, continuing after the resume; the loss fell.
     log = _log(model_dir)
