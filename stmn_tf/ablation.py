@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import shlex
 import time
 from typing import Optional
 
@@ -34,6 +33,7 @@ from stmn_tf.demo import REPO
 from stmn_tf.demo import RFCN_CONFIG
 from stmn_tf.demo import RFCN_STEPS
 from stmn_tf.demo import Demo
+from stmn_tf.demo import shown_command
 
 # Table 2's columns, in the paper's order (best first).
 VARIANTS = ("stmn", "stmn_no_matchtrans", "convgru_pretrain", "convgru_freshfc")
@@ -305,12 +305,6 @@ def plot(rows, path):
             os.remove(temporary)
 
 
-def _shown(script, args):
-    return "python " + " ".join(
-        shlex.quote(os.path.relpath(a, REPO) if os.path.isabs(a) and a.startswith(REPO) else a)
-        for a in [script, *map(str, args)])
-
-
 def write_report(output, rows, verdict, budget, evaluation, commands, timings=None):
     """`<output>/README.md` and `<output>/results.json` (atomically)."""
     seeds = [str(s) for s in budget["seeds"]]
@@ -423,7 +417,7 @@ def report(demo, runs, args, rfcn, timings):
     budget = {"stmn_steps": args.stmn_steps, "seeds": list(args.seeds),
               "variants": list(args.variants), "rfcn": rfcn, **_train_shape(runs)}
     budget["run_steps"] = {r.name: checkpoint_step(r.model_dir) for r in runs}
-    commands = [_shown(script, a) for run in runs
+    commands = [shown_command(script, a) for run in runs
                 for script, a in run.commands(args.rfcn_steps if run.method == "rfcn"
                                               else args.stmn_steps, args.max_videos)]
     write_report(demo.output, rows, verdict, budget, _evaluation(headers, args.max_videos),

@@ -35,6 +35,14 @@ RFCN_STEPS = 3000
 STMN_STEPS = 2000
 
 
+def shown_command(script, args):
+    """The command line as a user would type it: `python`, paths inside the repository
+    relative to it."""
+    return "python " + " ".join(
+        shlex.quote(os.path.relpath(a, REPO) if os.path.isabs(a) and a.startswith(REPO) else a)
+        for a in [script, *map(str, args)])
+
+
 class Demo:
     """Runs the stages in order, timing each, and collects what the report needs."""
 
@@ -61,9 +69,7 @@ class Demo:
     def run(self, script, *args):
         """Runs one of the repository's scripts with this Python, output streamed."""
         command = [sys.executable, os.path.join(REPO, script), *map(str, args)]
-        shown = "python " + " ".join(shlex.quote(os.path.relpath(a, REPO) if os.path.isabs(a)
-                                                 and a.startswith(REPO) else a)
-                                     for a in [script, *map(str, args)])
+        shown = shown_command(script, args)
         self.commands.append(shown)
         print(f"$ {shown}", flush=True)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -5,11 +5,12 @@ Every object has the same kind of body: a silhouette drawn from a small shared f
 texture, none of which depends on its class. The class shows only as a pattern on the
 object's "front" (stripes, checks, dots, ...) in the class's ink colour, and the object
 turns (once every 8-16 frames): the front faces the camera while cos(viewpoint) >
-cue_threshold, a third of the time, in runs of a few frames. In the other frames a single frame cannot tell the class, but the same track a
-few frames earlier or later can. On top of that: heavy occlusion (60-85% of the box
-hidden behind a patch of background for 3-6 frames), bursts of camera-shake motion
-blur that wipe out the pattern, scale changes (+-10..35%), 0 to `max_objects` objects
-bouncing around a cluttered panning background, and sensor noise.
+cue_threshold, a third of the time, in runs of a few frames. In the other frames a
+single frame cannot tell the class, but the same track a few frames earlier or later
+can. On top of that: heavy occlusion (60-85% of the box hidden behind a patch of
+background for 3-6 frames), bursts of camera-shake motion blur that wipe out the
+pattern, scale changes (+-10..35%), 0 to `max_objects` objects bouncing around a
+cluttered panning background, and sensor noise.
 
 Motion: objects move at most `max_speed` pixels a frame (default 4), the background
 pans at `background_speed`; between frames sampled 1 in 2 an object moves at most

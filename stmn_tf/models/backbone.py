@@ -130,8 +130,6 @@ def resnet_backbone(
       `[conv4 [N, H/16, W/16, 4*filters[2]], conv5 [N, H/16, W/16, 4*filters[3]]]`
       (sizes rounded up).
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     blocks = tuple(blocks or BLOCKS[depth])
     filters = tuple(filters or FILTERS)
     images = keras.Input((None, None, 3), name="images")

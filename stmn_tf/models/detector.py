@@ -74,6 +74,12 @@ class TwoStageDetector(keras.Model):
         max_detections=100,
         **kwargs,
     ):
+        if backbone_weights and backbone_norm != "frozen_bn":
+            # Checked before anything is built.
+            raise ValueError(
+                f"backbone_weights {backbone_weights!r} are keras.applications batch-norm "
+                f"weights; they need backbone_norm='frozen_bn', not {backbone_norm!r}"
+            )
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.backbone_depth = backbone_depth
@@ -132,11 +138,6 @@ class TwoStageDetector(keras.Model):
         self._build_head_features()
         self._build_by_running()
         if backbone_weights:
-            if backbone_norm != "frozen_bn":
-                raise ValueError(
-                    f"backbone_weights {backbone_weights!r} are keras.applications batch-norm "
-                    f"weights; they need backbone_norm='frozen_bn', not {backbone_norm!r}"
-                )
             load_keras_applications_weights(self.backbone, backbone_weights, backbone_depth)
 
     # -- subclass hooks -------------------------------------------------------
