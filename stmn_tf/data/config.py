@@ -18,6 +18,8 @@ class SyntheticConfig(hyperparams.Config):
     Attributes:
         seed: base seed; split s uses seed * 1000 + {train: 1, val: 2, test: 3}.
         num_videos: videos per split, {train, val, test}.
+        num_det_images: still images of the "det" split (ImageNet DET's stand-in:
+            one frame each, every object facing the camera, no occlusion or blur).
         height, width: frame size in pixels.
         min_frames, max_frames: video length range (inclusive).
         num_classes: 1..8 classes (names: synthetic.PATTERNS[:num_classes]).
@@ -44,6 +46,7 @@ class SyntheticConfig(hyperparams.Config):
     num_train_videos: int = 160
     num_val_videos: int = 32
     num_test_videos: int = 32
+    num_det_images: int = 1600
     height: int = 128
     width: int = 128
     min_frames: int = 20

@@ -44,10 +44,10 @@ PATTERNS = ("hstripes", "vstripes", "checker", "dots", "diagonal", "rings", "cro
 # saturated colour in a few hundred steps, the stripes' geometry alone far more slowly.
 INKS = ((230, 40, 40), (40, 200, 60), (50, 80, 235), (235, 215, 40), (220, 50, 220),
         (40, 215, 225), (245, 140, 30), (130, 50, 200))
-SPLITS = {"train": 1, "val": 2, "test": 3}
+SPLITS = {"train": 1, "val": 2, "test": 3, "det": 4}
 DATASET_NAME = "synthetic"
 # Bumped whenever the drawing changes, so that data made by older code is remade.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 4
 _SHAPE_EXPONENTS = (2.0, 3.0, 6.0)  # |u|^p + |v|^p <= 1: ellipse .. rounded square
 
 
@@ -64,7 +64,7 @@ def class_list(config):
 
 def _num_videos(config, split):
     return {"train": config.num_train_videos, "val": config.num_val_videos,
-            "test": config.num_test_videos}[split]
+            "test": config.num_test_videos, "det": config.num_det_images}[split]
 
 
 def _rng(config, split, index):
@@ -98,14 +98,20 @@ def _smooth_noise(rng, height, width, cells, channels):
     return cv2.resize(coarse.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
 
 
+def _muted(rgb, saturation=0.35):
+    """`rgb` pulled towards its grey level: the saturated inks stay the class cues' own."""
+    grey = np.mean(rgb)
+    return grey + saturation * (np.asarray(rgb, np.float64) - grey)
+
+
 def _background(rng, height, width):
     """A cluttered canvas larger than the frame; the frame is a panning window on it."""
-    base = rng.uniform(60, 190, size=3)
+    base = _muted(rng.uniform(60, 190, size=3))
     canvas = base * (0.6 + 0.8 * _smooth_noise(rng, height, width, 24, 3))
     canvas = canvas.astype(np.float32)
     scale = max(height, width) / 128.0
     for _ in range(int(rng.integers(20, 40) * scale)):
-        colour = tuple(float(c) for c in rng.uniform(30, 225, size=3))
+        colour = tuple(float(c) for c in _muted(rng.uniform(30, 225, size=3)))
         x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
         size = int(rng.integers(3, 18) * scale) + 1
         kind = rng.integers(0, 3)
@@ -178,7 +184,11 @@ def generate_video(config, split, index):
     rng = _rng(config, split, index)
     names = class_names(config)
     height, width = config.height, config.width
-    num_frames = int(rng.integers(config.min_frames, config.max_frames + 1))
+    # The "det" split is ImageNet DET's stand-in: still images of objects facing the
+    # camera, unoccluded and sharp, where the class always shows (stage 1 trains on
+    # VID and DET, as in the paper).
+    still = split == "det"
+    num_frames = 1 if still else int(rng.integers(config.min_frames, config.max_frames + 1))
     pan = rng.uniform(-1, 1, size=2) * config.background_speed
     margin = int(np.ceil(np.abs(pan).max() * num_frames)) + 2
     canvas = _background(rng, height + 2 * margin, width + 2 * margin)
@@ -189,6 +199,9 @@ def generate_video(config, split, index):
     objects = [_new_object(rng, config, int(rng.integers(1, len(names) + 1)), t)
                for t in range(num_objects)]
     for obj in objects:
+        if still:
+            obj["phase"] = rng.uniform(-0.5, 0.5)  # cos > 0.87: the pattern in full
+            continue
         if rng.random() < config.occlusion_probability:
             length = int(rng.integers(3, 7))
             start = int(rng.integers(0, max(1, num_frames - length)))
@@ -198,7 +211,7 @@ def generate_video(config, split, index):
                                  int(rng.integers(0, 2 * margin + 1))))
     blurred = np.zeros(num_frames, bool)
     blur_kernels = {}
-    if rng.random() < config.blur_probability:
+    if not still and rng.random() < config.blur_probability:
         for _ in range(int(rng.integers(1, 3))):
             length = int(rng.integers(2, 5))
             start = int(rng.integers(0, max(1, num_frames - length)))
@@ -378,7 +391,7 @@ def _fingerprint(config):
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_synthetic_dataset(directory, config=None, splits=("train", "val", "test"), workers=1,
+def ensure_synthetic_dataset(directory, config=None, splits=tuple(SPLITS), workers=1,
                              quiet=True):
     """Generates the splits that are missing in `directory` (or were made with other
     parameters), and returns {split: file pattern "DIR/<split>-*-of-*"}.

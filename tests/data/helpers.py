@@ -8,7 +8,8 @@ import numpy as np
 from stmn_tf.data import config as config_lib
 
 # Non-square frames so that a mix-up of height and width shows.
-TINY = dict(num_train_videos=3, num_val_videos=2, num_test_videos=2, height=64, width=80,
+TINY = dict(num_train_videos=3, num_val_videos=2, num_test_videos=2, num_det_images=4,
+            height=64, width=80,
             min_frames=6, max_frames=9, num_classes=4, max_objects=3, empty_video_probability=0.0,
             min_object_size=16, max_object_size=28, max_speed=3.0, num_shards=2)
 

@@ -68,6 +68,22 @@ def test_synthetic_tracks_are_ambiguous_in_some_frames_and_trackable():
     assert 2 * max(steps) <= 16
 
 
+def test_det_split_is_still_frontal_and_clear():
+    config = helpers.tiny_config(height=128, width=128, min_object_size=28, max_object_size=48,
+                                 occlusion_probability=1.0, blur_probability=1.0)
+    objects = 0
+    for index in range(8):
+        frames, annotations = synthetic.generate_video(config, "det", index)
+        assert frames.shape == (1, 128, 128, 3)
+        for o in annotations[0]:
+            objects += 1
+            assert o["cue_visible"] and not o["occluded"] and not o["blurred"]
+    assert objects > 0
+    # Its own seeds: not the first frames of the training videos.
+    train, _ = synthetic.generate_video(config, "train", 0)
+    assert not np.array_equal(synthetic.generate_video(config, "det", 0)[0][0], train[0])
+
+
 def test_ensure_synthetic_dataset_generates_once_and_redoes_on_change(tmp_path):
     config = helpers.tiny_config(num_train_videos=2, num_val_videos=1, num_test_videos=1)
     patterns = synthetic.ensure_synthetic_dataset(str(tmp_path), config, splits=("train", "val"))

@@ -154,7 +154,8 @@ def test_train_then_export(tmp_path):
         f"train_data.input_path={tmp_path / 'data'}/train-*-of-*",
         f"eval_data.input_path={tmp_path / 'data'}/test-*-of-*",
         "train_data.synthetic.num_train_videos=4", "train_data.synthetic.num_val_videos=1",
-        "train_data.synthetic.num_test_videos=1", "train_data.synthetic.min_frames=8",
+        "train_data.synthetic.num_test_videos=1", "train_data.synthetic.num_det_images=4",
+        "train_data.synthetic.min_frames=8",
         "train_data.synthetic.max_frames=8", "train_data.num_frames=3",
         "train_data.global_batch_size=1",
     ])

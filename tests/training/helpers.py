@@ -14,6 +14,7 @@ TINY_DATA = {
     "train_data.synthetic.num_train_videos": 4,
     "train_data.synthetic.num_val_videos": 1,
     "train_data.synthetic.num_test_videos": 1,
+    "train_data.synthetic.num_det_images": 8,
     "train_data.synthetic.min_frames": 8,
     "train_data.synthetic.max_frames": 10,
     "train_data.synthetic.num_shards": 2,
