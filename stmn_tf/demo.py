@@ -142,7 +142,8 @@ def _export_and_serve(demo):
 
 
 def _write_test_video(demo):
-    """The first test video's frames as PNG files (detect.py reads folders of frames)."""
+    """The frames of the first test video with objects in it (some are empty) as PNG
+    files, since detect.py reads folders of frames."""
     from stmn_tf import configs
     from stmn_tf.evaluation import run as eval_run
 
@@ -150,16 +151,23 @@ def _write_test_video(demo):
 
     config = configs.load_config(STMN_CONFIG)
     configs.resolve_synthetic_data(config, root=REPO)
+    video_id, frames, chosen = None, [], None
+    for current, frame in eval_run.eval_frames(config.eval_data):
+        if current != video_id:
+            if any(len(f["meta"]["groundtruth"]["labels"]) for f in frames):
+                chosen = (video_id, frames)
+                break
+            video_id, frames = current, []
+        frames.append(frame)
+    video_id, frames = chosen or (video_id, frames)
     folder = demo.path("test_video", "frames")
     os.makedirs(folder, exist_ok=True)
-    first = None
-    for video_id, frame in eval_run.eval_frames(config.eval_data, max_videos=1):
-        first = first or video_id
+    for frame in frames:
         h, w = frame["image_size"]
         image = frame["image"][:h, :w].astype("uint8")
         cv2.imwrite(os.path.join(folder, f"{frame['frame_index']:06d}.png"),
                     cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    return folder, first
+    return folder, video_id
 
 
 def _detect(demo, frames_dir):
