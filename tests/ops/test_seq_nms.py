@@ -70,11 +70,16 @@ def test_seq_nms_unlinked_boxes_are_per_frame_nms():
         xy = rng.uniform(0, 100, (30, 2)) + 1000 * t
         boxes = np.concatenate([xy, xy + rng.uniform(10, 40, (30, 2))], 1)
         frames.append({"boxes": boxes, "scores": rng.uniform(size=30), "labels": np.ones(30, int)})
-    out = seq_nms_xyxy(frames, nms_threshold=0.3)
+    out = seq_nms_xyxy(frames, nms_threshold=0.3, variant="exhaustive")
     for f, o in zip(frames, out):
         keep = nms_xyxy(f["boxes"], f["scores"], 0.3)
         assert sorted(o["indices"].tolist()) == sorted(keep.tolist())
         np.testing.assert_allclose(o["scores"], f["scores"][o["indices"]])
+    # FGFA's Seq-NMS stops at once when a class has no link: every box kept as it was.
+    for f, o in zip(frames, seq_nms_xyxy(frames)):
+        assert sorted(o["indices"].tolist()) == list(range(30))
+        np.testing.assert_array_equal(o["scores"], f["scores"][o["indices"]])
+        assert (o["track_ids"] == -1).all()
 
 
 def brute_force_seq_nms(frames, link=0.5, nms=0.3):
@@ -98,7 +103,7 @@ def brute_force_seq_nms(frames, link=0.5, nms=0.3):
                         v = max(c[0] for c in cands)
                         if v > 0:
                             b[j] += v
-                            p[j] = [c[1] for c in cands if c[0] == v][-1]
+                            p[j] = [c[1] for c in cands if c[0] == v][0]
             best.append(b)
             pred.append(p)
             b_prev = b
@@ -125,13 +130,184 @@ def test_seq_nms_matches_a_full_recomputation(seed):
         c = np.repeat(centres + 3 * t, 3, axis=0) + rng.normal(0, 8, (12, 2))
         boxes = np.concatenate([c - 30, c + 30], 1)
         frames.append({"boxes": boxes, "scores": rng.uniform(size=12), "labels": np.ones(12, int)})
-    out = seq_nms_xyxy(frames)
+    out = seq_nms_xyxy(frames, variant="exhaustive")
     ref = brute_force_seq_nms(frames)
     for o, r in zip(out, ref):
         got = dict(zip(o["indices"].tolist(), o["scores"].tolist()))
         assert got.keys() == r.keys()
         for k in r:
             assert got[k] == pytest.approx(r[k])
+
+
+# ---------------------------------------------------------------- FGFA's Seq-NMS
+
+def devkit_iou(a, b):
+    """IoU with the devkit's +1 pixel widths, one pair at a time."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+    inter = w * h
+    area_a = (a[2] - a[0] + 1) * (a[3] - a[1] + 1)
+    area_b = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+    return inter / (area_a + area_b - inter)
+
+
+def fgfa_reference(boxes, scores, link=0.5, nms=0.3, floor=0.01):
+    """FGFA's seq_nms for one class as plain loops over link lists: links at IoU >= 0.5,
+    a DP over live boxes rebuilt each round, stop when the best sum < 0.01 or no link is
+    left. Returns per frame {box index: score} of the kept boxes."""
+    n = len(boxes)
+    score = [list(map(float, s)) for s in scores]
+    dead = [[False] * len(s) for s in scores]  # in a sequence or suppressed
+    gone = [set() for _ in range(n)]  # suppressed: dropped from the output
+    links = [[[j for j in range(len(boxes[t + 1])) if devkit_iou(boxes[t][i], boxes[t + 1][j]) >= link]
+              for i in range(len(boxes[t]))] for t in range(n - 1)]
+    while True:
+        value = [[0.0 if dead[t][i] else score[t][i] for i in range(len(score[t]))] for t in range(n)]
+        back = [[-1] * len(score[t]) for t in range(n)]
+        for t in range(1, n):
+            for i, targets in enumerate(links[t - 1]):
+                for j in targets:
+                    total = value[t - 1][i] + score[t][j]
+                    if total > value[t][j]:  # strict: the first predecessor wins ties
+                        value[t][j], back[t][j] = total, i
+        best, end = -1.0, None
+        for t in range(n):  # the first maximum in frame order, then box order
+            for j, v in enumerate(value[t]):
+                if v > best:
+                    best, end = v, (t, j)
+        num_links = sum(len(x) for frame_links in links for x in frame_links)
+        if end is None or best < floor or num_links == 0:
+            break
+        t, j = end
+        path = [(t, j)]
+        while back[t][j] != -1:
+            t, j = t - 1, back[t][j]
+            path.append((t, j))
+        for t, j in path:
+            score[t][j] = best / len(path)
+            for k in range(len(boxes[t])):
+                if k != j and not dead[t][k] and devkit_iou(boxes[t][j], boxes[t][k]) >= nms:
+                    gone[t].add(k)
+                    dead[t][k] = True
+                    score[t][k] = 0.0
+            dead[t][j] = True
+        for t in range(n):  # a dead box keeps no link
+            if t + 1 < n:
+                links[t] = [[] if dead[t][i] else [j for j in x if not dead[t + 1][j]]
+                            for i, x in enumerate(links[t])]
+    return [{i: score[t][i] for i in range(len(score[t])) if i not in gone[t]} for t in range(n)]
+
+
+def random_video(rng, num_frames, num_tracks, per_track, spread=8.0, integer=True):
+    frames = []
+    centres = rng.uniform(50, 250, (num_tracks, 2))
+    for t in range(num_frames):
+        n = num_tracks * per_track
+        c = np.repeat(centres + 3 * t, per_track, axis=0) + rng.normal(0, spread, (n, 2))
+        half = rng.uniform(15, 35, (n, 2))
+        boxes = np.concatenate([c - half, c + half], 1)
+        boxes = np.round(boxes) if integer else boxes
+        keep = rng.uniform(size=n) < 0.85  # some frames miss some boxes
+        scores = np.round(rng.uniform(size=n), 2)  # ties
+        if rng.uniform() < 0.3:
+            scores = scores * 0.004  # whole frames under the 0.01 floor
+        frames.append({"boxes": boxes[keep], "scores": scores[keep], "labels": np.ones(keep.sum(), int)})
+    return frames
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_seq_nms_default_is_fgfa(seed):
+    rng = np.random.default_rng(50 + seed)
+    frames = random_video(rng, num_frames=int(rng.integers(2, 12)), num_tracks=3, per_track=3)
+    ref = fgfa_reference([f["boxes"] for f in frames], [f["scores"] for f in frames])
+    out = seq_nms_xyxy(frames)
+    for o, r in zip(out, ref):
+        got = dict(zip(o["indices"].tolist(), o["scores"].tolist()))
+        assert got == r  # the same boxes, the same scores to the last bit
+
+
+def box_at(x, width=12):
+    return [x, 0, x + width - 1, 11]  # 12 x 12 pixels
+
+
+def one_class(boxes_per_frame, scores_per_frame):
+    return [{"boxes": np.asarray(b, float).reshape(-1, 4), "scores": np.asarray(s, float),
+             "labels": np.ones(len(s), int)} for b, s in zip(boxes_per_frame, scores_per_frame)]
+
+
+def test_fgfa_links_at_iou_half_with_plus_one_pixels():
+    # 12-pixel boxes 4 px apart: devkit IoU (12-4)/(12+4) = 0.5 exactly, linked (>= 0.5);
+    # the continuous IoU is 7/15 and the exhaustive variant's rule is > 0.5: no link.
+    frames = one_class([[box_at(0)], [box_at(4)]], [[0.6], [0.2]])
+    assert iou_matrix_xyxy([box_at(0)], [box_at(4)], pixel_offset=1)[0, 0] == 0.5
+    out = seq_nms_xyxy(frames)
+    assert out[0]["scores"][0] == out[1]["scores"][0] == pytest.approx(0.4)
+    assert out[0]["track_ids"][0] == out[1]["track_ids"][0] >= 0
+    ex = seq_nms_xyxy(frames, variant="exhaustive")
+    assert ex[0]["scores"][0] == 0.6 and ex[1]["scores"][0] == 0.2
+    assert ex[0]["track_ids"][0] != ex[1]["track_ids"][0]
+    # 5 px apart: 7/17 < 0.5, no link: FGFA has nothing to do.
+    far = seq_nms_xyxy(one_class([[box_at(0)], [box_at(5)]], [[0.6], [0.2]]))
+    assert far[0]["scores"][0] == 0.6 and far[0]["track_ids"][0] == -1
+
+
+def test_fgfa_stops_when_no_link_is_left():
+    # Frames 0-1: a linked pair (0.3 + 0.3). Frame 2: a lone box of 0.9 and a duplicate
+    # of it (0.8, IoU 11/13). Round 1 takes the lone 0.9 (a one-frame sequence: a link is
+    # still left) and suppresses its duplicate; round 2 the pair; then no link is left.
+    frames = one_class([[box_at(0)], [box_at(2)], [box_at(300), box_at(301)]],
+                       [[0.3], [0.3], [0.9, 0.8]])
+    out = seq_nms_xyxy(frames)
+    assert out[2]["indices"].tolist() == [0] and out[2]["scores"][0] == 0.9
+    assert out[0]["scores"][0] == out[1]["scores"][0] == pytest.approx(0.3)
+    # With a pair worth more (0.5 + 0.5) it goes first, and then no link is left: the
+    # lone box and its duplicate are both kept, unprocessed.
+    frames[0]["scores"] = frames[1]["scores"] = np.asarray([0.5])
+    out = seq_nms_xyxy(frames)
+    assert out[2]["indices"].tolist() == [0, 1] and (out[2]["track_ids"] == -1).all()
+    # Without the pair, the class has no link at all: the duplicate survives.
+    alone = seq_nms_xyxy(one_class([[box_at(300), box_at(301)]], [[0.9, 0.8]]))
+    assert alone[0]["indices"].tolist() == [0, 1] and (alone[0]["track_ids"] == -1).all()
+    # The exhaustive variant suppresses it either way.
+    assert seq_nms_xyxy(one_class([[box_at(300), box_at(301)]], [[0.9, 0.8]]),
+                        variant="exhaustive")[0]["indices"].tolist() == [0]
+
+
+def test_fgfa_score_floor():
+    # A linked pair whose sum 0.006 + 0.003 is under 0.01: nothing is rescored, the
+    # overlapping duplicate (IoU 0.85 in frame 0) is not suppressed.
+    frames = one_class([[box_at(0), box_at(1)], [box_at(2)]], [[0.006, 0.001], [0.003]])
+    out = seq_nms_xyxy(frames)
+    assert sorted(out[0]["indices"].tolist()) == [0, 1]
+    assert out[0]["scores"].tolist() == [0.006, 0.001] and out[1]["scores"].tolist() == [0.003]
+    # At 0.012 it is taken: (0.009 + 0.003) / 2 each, the duplicate suppressed.
+    frames[0]["scores"] = np.asarray([0.009, 0.001])
+    out = seq_nms_xyxy(frames)
+    assert out[0]["indices"].tolist() == [0]
+    assert out[0]["scores"][0] == out[1]["scores"][0] == pytest.approx(0.006)
+
+
+def test_seq_nms_tie_rules():
+    # Frame 1's box is linked to both boxes of frame 0 (equal scores 0.4; IoU 0.2 with
+    # +1 pixels, 33/209 without): the sequence goes through the lower index (0); box 1
+    # of frame 0 overlaps nothing of the sequence and stays.
+    frames = one_class([[box_at(0), box_at(16)], [box_at(8)]], [[0.4, 0.4], [0.5]])
+    for variant in ("fgfa", "exhaustive"):
+        out = seq_nms_xyxy(frames, variant=variant, link_iou_threshold=0.1)
+        tid = out[1]["track_ids"][0]
+        assert out[0]["track_ids"][out[0]["indices"] == 0][0] == tid
+        assert out[0]["track_ids"][out[0]["indices"] == 1][0] != tid
+    # Two separate sequences with the same sum: the one ending earlier is taken first
+    # (track id 0), then at equal ends the lower box index.
+    frames = one_class([[box_at(0)], [box_at(2), box_at(200)], [box_at(202)]],
+                       [[0.3], [0.3, 0.3], [0.3]])
+    out = seq_nms_xyxy(frames)
+    assert out[0]["track_ids"][0] == 0 and out[2]["track_ids"][0] == 1
+
+
+def test_seq_nms_rejects_unknown_variant():
+    with pytest.raises(ValueError, match="variant"):
+        seq_nms_xyxy(track_video(), variant="greedy")
 
 
 def test_viterbi_links_a_track_and_boosts_it():
