@@ -19,6 +19,10 @@ What the STMN authors ran (`external/dp`, `make_tubes.m` / `zero_jump_link.m` /
 - A path's box score becomes `score + 2 * mean(top 50% of the path's scores)`.
 - Boxes left over when the loop stops keep their scores and get track id -1.
 - Not done: their box voting in the per-frame NMS.
+- Ties (deterministic, like MATLAB's `max`, which returns the first maximum): a frame's
+  boxes are in NMS order (decreasing score, then input index); among equally good next
+  boxes, and among equally good starts, the first in that order wins (NumPy's `argmax`
+  returns the first maximum).
 
 Box format: `xmin, ymin, xmax, ymax`, in pixels like `stmn_tf.evaluation.vid_eval`
 (IoU is the continuous one, so any consistent scale works).

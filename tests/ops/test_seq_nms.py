@@ -346,6 +346,19 @@ def test_viterbi_prefers_linked_boxes_over_a_higher_scoring_jump():
     assert no_bonus[1]["track_ids"][no_bonus[1]["indices"] == 1][0] == no_bonus[0]["track_ids"][0]
 
 
+def test_viterbi_tie_rule():
+    # Frame 1 has two boxes of the same score, each linked to frame 0's box (IoU 2/3):
+    # the tube takes the first in input order, whichever box that is.
+    a, left, right = [0, 0, 100, 100], [-20, 0, 80, 100], [20, 0, 120, 100]
+    for second in ([left, right], [right, left]):
+        frames = [{"boxes": np.asarray(b, float), "scores": np.asarray(s), "labels": np.ones(len(s), int)}
+                  for b, s in (([a], [0.5]), (second, [0.5, 0.5]))]
+        out = viterbi_link_xyxy(frames, nms_threshold=None)
+        tube = out[0]["track_ids"][0]
+        assert out[1]["track_ids"][out[1]["indices"] == 0][0] == tube
+        assert out[1]["track_ids"][out[1]["indices"] == 1][0] != tube
+
+
 def test_viterbi_per_class_and_empty_frames():
     frames = track_video()
     frames[3] = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int)}
