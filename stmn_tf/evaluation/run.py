@@ -73,7 +73,7 @@ def _restore(config, checkpoint, model_type=None):
 
 def evaluate_detectors(config, model=None, static_model=None, *, data=None, window=None,
                        stride=None, step=None, linking=None, batch_windows=None, online=False,
-                       max_videos=None, progress=True):
+                       max_videos=None, progress=True, keep_frames=False):
     """Runs the detectors over the eval split and scores every method.
 
     Args:
@@ -85,6 +85,8 @@ def evaluate_detectors(config, model=None, static_model=None, *, data=None, wind
         online: the forward-only online runner instead of the windows.
         max_videos: evaluate the first N videos only.
         progress: show a tqdm progress bar.
+        keep_frames: also return `"groundtruths"` (per-frame dicts) and `"detections"`
+            ({method: per-frame dicts}), e.g. to write a devkit detection file.
 
     Returns:
         dict: `"methods"` {method: `vid_eval.evaluate` result}; `"class_names"`;
@@ -155,7 +157,9 @@ def evaluate_detectors(config, model=None, static_model=None, *, data=None, wind
     num_classes = config.model.num_classes
     methods = {name: vid_eval.evaluate(groundtruths, frames, num_classes)
                for name, frames in detections.items()}
+    frames = {"groundtruths": groundtruths, "detections": detections} if keep_frames else {}
     return {
+        **frames,
         "methods": methods,
         "class_names": list(postprocess.class_names(config)),
         "num_videos": videos_seen,
