@@ -47,6 +47,21 @@ def numpy_match_trans(f, fp, m, k):
     return out, coef
 
 
+def numpy_memory_gradient(coef, upstream, k):
+    """The gradient of sum(aligned * upstream) for the memory: the transpose of the
+    weighted sum, grad(q) = sum_o coef(q - o)[o] upstream(q - o). Float64."""
+    grad = np.zeros(upstream.shape)
+    side, (_, h, w, _) = 2 * k + 1, upstream.shape
+    for dy in range(-k, k + 1):
+        for dx in range(-k, k + 1):
+            o = (dy + k) * side + dx + k
+            for y in range(max(0, -dy), min(h, h - dy)):
+                for x in range(max(0, -dx), min(w, w - dx)):
+                    grad[:, y + dy, x + dx] += (coef[:, y, x, o, None]
+                                                * upstream[:, y, x].astype(np.float64))
+    return grad
+
+
 def run_op(path, f, fp, m, upstream, k):
     """Aligned memory, coefficients and the memory gradient of sum(aligned * upstream)
     from the compiled op on the CPU, with STMN_MATCHTRANS_CPU_PATH=path (None: unset)."""
@@ -110,16 +125,8 @@ def test_paths_and_twin_agree(dtype, k, rng):
         default = run_op(None, f, fp, m, upstream, k)
         twin = run_twin(f, fp, m, upstream, k)
         ref_aligned, ref_coef = numpy_match_trans(f, fp, m, k)
-        # The memory gradient of sum(aligned * upstream) is the transpose of the sum.
-        ref_grad = np.zeros(m.shape)
-        side, (_, h, w, _) = 2 * k + 1, m.shape
-        for dy in range(-k, k + 1):
-            for dx in range(-k, k + 1):
-                o = (dy + k) * side + dx + k
-                for y in range(max(0, -dy), min(h, h - dy)):
-                    for x in range(max(0, -dx), min(w, w - dx)):
-                        ref_grad[:, y + dy, x + dx] += (ref_coef[:, y, x, o, None]
-                                                        * upstream[:, y, x].astype(np.float64))
+        ref_grad = numpy_memory_gradient(ref_coef, upstream, k)
+        side = 2 * k + 1
         for label, got in [("generic", generic), ("fast", fast), ("default", default),
                            ("twin", twin)]:
             msg = f"{label} path, case {name}, {np.dtype(dtype).name}, k={k}"
