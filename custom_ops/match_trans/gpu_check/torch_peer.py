@@ -89,7 +89,7 @@ def align_unfold(coef, m, k):
     cols = F.unfold(m.permute(0, 3, 1, 2), side, padding=k).view(b, d, side * side, h * w)
     c = coef.reshape(b, h * w, side * side).permute(0, 2, 1)  # [B, K2, HW]
     out = torch.einsum("bop,bdop->bdp", c, cols)  # [B, D, HW]
-    return out.view(b, d, h, w).permute(0, 2, 3, 1)
+    return out.reshape(b, d, h, w).permute(0, 2, 3, 1)
 
 
 def match_trans_unfold(f, fp, m, k):
