@@ -19,6 +19,7 @@ RUN_OP = self_check._run_op  # the compiled op's kernels, before any monkeypatch
 @pytest.fixture(autouse=True)
 def fresh_state(monkeypatch):
     monkeypatch.setattr(self_check, "_results", {})
+    monkeypatch.setattr(self_check, "_all_gpus_passed", False)
     monkeypatch.delenv(self_check.ENV_VAR, raising=False)
 
 
@@ -115,6 +116,13 @@ def test_op_wrapper_runs_the_check_before_the_op(monkeypatch, rng):
     fn = tf.function(lambda a: ops.match_trans(a, a, a, k=1, implementation="custom_op"))
     with pytest.raises(Exception, match="MatchTrans self-check failed on /CPU:0"):
         fn(x)
+    # Once every GPU passed, later uses skip the check entirely.
+    monkeypatch.setattr(self_check, "_run_op", RUN_OP)
+    monkeypatch.setattr(self_check, "_results", {})
+    ops.match_trans(x, x, x, k=1, implementation="custom_op")
+    assert self_check._all_gpus_passed and list(self_check._results) == ["/CPU:0"]
+    monkeypatch.setattr(self_check, "_run_op", shifted_op(aligned_shift=1.0))
+    ops.match_trans(x, x, x, k=1, implementation="custom_op")
     # The twin never runs the check.
     np.testing.assert_allclose(ops.match_trans(x, x, x, k=1, implementation="tf").shape,
                                x.shape)
