@@ -47,7 +47,7 @@ ablation: install
 # agreement with the CPU path, timing, a table and a JSON line. Without a GPU: one
 # line, exit 0. Deliberately not after `install`.
 gpu-check:
-	$(PYTHON) custom_ops/match_trans/gpu_check/gpu_check.py $(GPU_CHECK_ARGS)
+	@$(PYTHON) custom_ops/match_trans/gpu_check/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build *.egg-info stmn_tf/ops/*.so stmn_tf/ops/*.so.cpu stmn_tf/ops/*.so.cuda
