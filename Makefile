@@ -4,10 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stmn-installed
 OPS_LIB := stmn_tf/ops/_match_trans_ops.so
-OPS_SRC := $(wildcard custom_ops/*/*.cc custom_ops/*/*.h) custom_ops/build.py
+OPS_SRC := $(wildcard custom_ops/*/*.cc custom_ops/*/*.h custom_ops/*/*.cu custom_ops/*/*.cuh) \
+	custom_ops/build.py
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install ops test test-quick bench demo ablation clean
+.PHONY: install ops test test-quick bench demo ablation gpu-check clean
 
 install: $(STAMP) $(OPS_LIB)
 
@@ -41,6 +42,12 @@ demo: install
 # Table 2 in miniature: reuses make demo's R-FCN when it is there; resumable.
 ablation: install
 	$(PY) -m stmn_tf.ablation $(ABLATION_ARGS)
+
+# The CUDA kernels on a GPU without TensorFlow (nvcc, NumPy; PyTorch for the peer):
+# agreement with the CPU path, timing, a table and a JSON line. Without a GPU: one
+# line, exit 0. Deliberately not after `install`.
+gpu-check:
+	@$(PYTHON) custom_ops/match_trans/gpu_check/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build *.egg-info stmn_tf/ops/*.so stmn_tf/ops/*.so.cpu stmn_tf/ops/*.so.cuda

@@ -9,7 +9,9 @@ TensorFlow wheel reports). The CPU code is compiled for a portable x86-64 baseli
 the hot per-position functions get AVX2/FMA clones picked at load time (GCC function
 multi-versioning), so one library runs on any x86-64 CPU. When `nvcc` is found the CUDA
 kernels are compiled too (sm_80 and sm_90, cudart linked statically) and the GPU
-kernels registered; a CUDA build failure falls back to the CPU-only library.
+kernels registered: `*.cu` (the TensorFlow-free kernels) without TensorFlow's flags,
+`*.cu.cc` (the functors) with them. A CUDA build failure falls back to the CPU-only
+library.
 """
 
 import argparse
@@ -25,6 +27,15 @@ OPS = {
     # library name (in stmn_tf/ops/) -> source folder (in custom_ops/)
     "_match_trans_ops.so": "match_trans",
 }
+
+
+# sm_80 (A100) and sm_90 (H100/H200) machine code, plus PTX for later GPUs.
+CUDA_ARCH_FLAGS = [
+    "-gencode=arch=compute_80,code=sm_80",
+    "-gencode=arch=compute_90,code=sm_90",
+    "-gencode=arch=compute_90,code=compute_90",
+    "-Wno-deprecated-gpu-targets",
+]
 
 
 class BuildError(RuntimeError):
@@ -80,9 +91,12 @@ def build_library(name, folder, use_cuda=True, force=False, cxx=None, nvcc=None)
     src_dir = os.path.join(ROOT, "custom_ops", folder)
     target = os.path.join(ROOT, "stmn_tf", "ops", name)
     sources = sorted(os.path.join(src_dir, f) for f in os.listdir(src_dir)
-                     if f.endswith((".cc", ".h")))
+                     if f.endswith((".cc", ".h", ".cu", ".cuh")))
     cc_sources = [s for s in sources if s.endswith(".cc") and not s.endswith(".cu.cc")]
-    cu_sources = [s for s in sources if s.endswith(".cu.cc")]
+    # *.cu: the kernels, TensorFlow-free, compiled without TensorFlow's flags;
+    # *.cu.cc: the functors that glue them to TensorFlow, compiled with them.
+    cu_sources = [s for s in sources if s.endswith(".cu")]
+    glue_sources = [s for s in sources if s.endswith(".cu.cc")]
     cxx = cxx or os.environ.get("CXX", "g++")
     if shutil.which(cxx) is None:
         raise BuildError(
@@ -99,22 +113,20 @@ def build_library(name, folder, use_cuda=True, force=False, cxx=None, nvcc=None)
     cuda_include = _find_cuda_headers(tf_file) if nvcc else None
     with tempfile.TemporaryDirectory() as tmp:
         objects, defines, extra_link = [], [], []
-        if nvcc and cuda_include and cu_sources:
+        if nvcc and cuda_include and (cu_sources or glue_sources):
             try:
-                for src in cu_sources:
+                for src in cu_sources + glue_sources:
                     obj = os.path.join(tmp, os.path.basename(src) + ".o")
-                    _run([nvcc, "-c", src, "-o", obj, "-x", "cu", "-DGOOGLE_CUDA=1",
-                          "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC", "-O3",
+                    glue = src.endswith(".cu.cc")
+                    _run([nvcc, "-c", src, "-o", obj, "-x", "cu", "-Xcompiler", "-fPIC",
                           # nvcc's own CUDA headers here: the wheel's CUDA 12.5 headers
                           # shadow nvcc 13's crt/ and break its launch stubs. The host
                           # compile below uses the wheel's, as TensorFlow's headers do.
-                          "-I", src_dir,
-                          "-gencode=arch=compute_80,code=sm_80",
-                          "-gencode=arch=compute_90,code=sm_90",
-                          "-gencode=arch=compute_90,code=compute_90",
-                          "-DNDEBUG", "-Wno-deprecated-gpu-targets",
-                          "-diag-suppress=20012,20014,20015,20236,20013,174,611,177,1675"]
-                         + compile_flags, f"nvcc {os.path.basename(src)}")
+                          "-I", src_dir] + CUDA_ARCH_FLAGS + ["-O3", "-DNDEBUG"]
+                         + (["-DGOOGLE_CUDA=1", "--expt-relaxed-constexpr",
+                             "-diag-suppress=20012,20014,20015,20236,20013,174,611,177,1675"]
+                            + compile_flags if glue else []),
+                         f"nvcc {os.path.basename(src)}")
                     objects.append(obj)
                 roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
                          os.path.dirname(os.path.dirname(os.path.realpath(nvcc))),

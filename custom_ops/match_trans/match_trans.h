@@ -17,8 +17,22 @@
 // Layout: NHWC. features, prev_features: [B, H, W, C]; prev_memory: [B, H, W, D];
 // coefficients: [B, H, W, (2k+1)^2], offset (dy, dx) at index (dy+k)*(2k+1) + (dx+k).
 //
-// The per-position arithmetic below is shared by the CPU and the CUDA kernels
-// (STMN_HOST_DEVICE), so the CPU tests exercise the GPU's arithmetic too.
+// This header includes no TensorFlow or Eigen header: the CPU kernels (with
+// T = Eigen::half, float, double), the CUDA kernels in match_trans_cuda.cu (T = __half,
+// float, double) and the standalone GPU check (gpu_check/) all compile it.
+//
+// Which functions the CUDA kernels share with the CPU kernels, precisely:
+//   shared:   Dims, Accumulator, NormFromSquaredSum, Affinity, NormalisedCoefficient,
+//             ForwardWindow, GradWindow (the in-bounds offset ranges), kNormEpsilon,
+//             kMinMass. The CUDA kernels call these for every position.
+//   CPU only: Dot, NormPlusEpsilon, NormaliseWindow, CoefficientsAt, AlignAt,
+//             AlignGradAt (the generic per-position path), ReferenceForward and
+//             ReferenceBackward (that path over a batch on one thread), and the
+//             blocked float path in match_trans_kernels.cc.
+//             The CUDA kernels compute the same sums with their lanes over channels
+//             and a warp reduction instead, in the same order of offsets.
+// The generic path is what STMN_MATCHTRANS_CPU_PATH=generic forces on the CPU, and
+// what the GPU check compiles for the host as the reference of the CUDA kernels.
 
 #ifndef STMN_CUSTOM_OPS_MATCH_TRANS_MATCH_TRANS_H_
 #define STMN_CUSTOM_OPS_MATCH_TRANS_MATCH_TRANS_H_
@@ -32,8 +46,8 @@
 #define STMN_HOST_DEVICE inline
 #endif
 
-// Reductions over channels: vectorised on the CPU (compiled with -fopenmp-simd),
-// plain loops on the GPU, where one thread owns one position.
+// Reductions over channels in the generic path: vectorised on the CPU (compiled with
+// -fopenmp-simd); the pragmas are dropped in device code, which never runs this path.
 #if defined(__CUDA_ARCH__)
 #define STMN_SIMD_REDUCE
 #define STMN_SIMD
@@ -59,20 +73,24 @@ struct Accumulator<double> {
   using type = double;
 };
 
-template <typename A, typename T>
-STMN_HOST_DEVICE A Dot(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
-  A acc = A(0);
-  STMN_SIMD_REDUCE
-  for (int64_t i = 0; i < n; ++i) {
-    acc += static_cast<A>(a[i]) * static_cast<A>(b[i]);
+// Sizes of one call.
+struct Dims {
+  int64_t batch, height, width, channels, depth;
+  int k;
+  STMN_HOST_DEVICE int64_t positions() const { return batch * height * width; }
+  STMN_HOST_DEVICE int64_t window() const {
+    return static_cast<int64_t>(2 * k + 1) * (2 * k + 1);
   }
-  return acc;
-}
+};
 
-// |v| + 1e-8, the denominator factor of the cosine in the authors' code.
-template <typename A, typename T>
-STMN_HOST_DEVICE A NormPlusEpsilon(const T* v, int64_t n) {
-  return sqrt(Dot<A>(v, v, n)) + A(kNormEpsilon);
+// ---------------------------------------------------------------------------------
+// Shared by the CPU and the CUDA kernels.
+
+// |v| + 1e-8 from the sum of squares: the denominator factor of the cosine in the
+// authors' code.
+template <typename A>
+STMN_HOST_DEVICE A NormFromSquaredSum(A squared_sum) {
+  return sqrt(squared_sum) + A(kNormEpsilon);
 }
 
 // The affinity of the authors' code: the ReLU'd cosine, with each norm + 1e-8.
@@ -82,18 +100,54 @@ STMN_HOST_DEVICE A Affinity(A dot, A norm_f, A norm_q) {
   return a > A(0) ? a : A(0);
 }
 
-// Normalises a window of affinities (in `coef`, [(2k+1)^2], out-of-bounds entries 0)
-// by their sum `mass`; with no positive affinity the memory is kept as it is
-// (a one-hot at the centre).
+// One normalised coefficient from its affinity as stored in T (out-of-bounds
+// offsets store 0) and the window's mass (the sum of the unrounded affinities);
+// with no positive affinity the memory is kept as it is: a one-hot at the centre.
 template <typename T, typename A>
-STMN_HOST_DEVICE void NormaliseWindow(A mass, int k, T* coef) {
+STMN_HOST_DEVICE T NormalisedCoefficient(T affinity, A mass, bool centre) {
+  if (mass >= A(kMinMass)) return static_cast<T>(static_cast<A>(affinity) * (A(1) / mass));
+  return static_cast<T>(centre ? A(1) : A(0));
+}
+
+// In-bounds offsets d in [*lo, *hi] of a window of radius k around y on an axis of
+// n cells: 0 <= y + d < n (the neighbours that position y reads in the forward).
+STMN_HOST_DEVICE void ForwardWindow(int64_t y, int64_t n, int k, int* lo, int* hi) {
+  *lo = y - k < 0 ? -static_cast<int>(y) : -k;
+  *hi = y + k >= n ? static_cast<int>(n - 1 - y) : k;
+}
+
+// Offsets d in [*lo, *hi] with 0 <= y - d < n: the positions p = y - d whose window
+// reads source cell y, for the gradient with respect to the memory.
+STMN_HOST_DEVICE void GradWindow(int64_t y, int64_t n, int k, int* lo, int* hi) {
+  *lo = y + k >= n ? static_cast<int>(y - (n - 1)) : -k;
+  *hi = y - k < 0 ? static_cast<int>(y) : k;
+}
+
+// ---------------------------------------------------------------------------------
+// The generic per-position path (CPU, and the GPU check's host reference).
+
+template <typename A, typename T>
+inline A Dot(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
+  A acc = A(0);
+  STMN_SIMD_REDUCE
+  for (int64_t i = 0; i < n; ++i) {
+    acc += static_cast<A>(a[i]) * static_cast<A>(b[i]);
+  }
+  return acc;
+}
+
+template <typename A, typename T>
+inline A NormPlusEpsilon(const T* v, int64_t n) {
+  return NormFromSquaredSum<A>(Dot<A>(v, v, n));
+}
+
+// Normalises a window of affinities (in `coef`, [(2k+1)^2], out-of-bounds entries 0)
+// by their sum `mass`.
+template <typename T, typename A>
+inline void NormaliseWindow(A mass, int k, T* coef) {
   const int K = 2 * k + 1;
-  if (mass >= A(kMinMass)) {
-    const A inv = A(1) / mass;
-    for (int i = 0; i < K * K; ++i) coef[i] = static_cast<T>(static_cast<A>(coef[i]) * inv);
-  } else {
-    for (int i = 0; i < K * K; ++i) coef[i] = static_cast<T>(0);
-    coef[k * K + k] = static_cast<T>(1);
+  for (int i = 0; i < K * K; ++i) {
+    coef[i] = NormalisedCoefficient<T, A>(coef[i], mass, i == k * K + k);
   }
 }
 
@@ -101,13 +155,14 @@ STMN_HOST_DEVICE void NormaliseWindow(A mass, int k, T* coef) {
 // `coef` doubles as scratch for the affinities (cosines, so half precision is safe).
 //   features: this image's [H, W, C]; prev_features: [H, W, C];
 //   prev_norms: [H, W] holding |F_{t-1}(q)| + 1e-8.
-// The GPU kernel and the CPU kernel for half and double call this directly; the CPU
-// float kernel computes the same dot products blocked over positions and then uses
-// Affinity and NormaliseWindow as here.
+// The CPU kernel for half and double (and for float with
+// STMN_MATCHTRANS_CPU_PATH=generic or k > 3) calls this; the CPU float kernel
+// computes the same dot products blocked over positions and then uses Affinity and
+// NormaliseWindow as here.
 template <typename T, typename A>
-STMN_HOST_DEVICE void CoefficientsAt(const T* features, const T* prev_features,
-                                     const A* prev_norms, int64_t H, int64_t W,
-                                     int64_t C, int k, int64_t y, int64_t x, T* coef) {
+inline void CoefficientsAt(const T* features, const T* prev_features, const A* prev_norms,
+                           int64_t H, int64_t W, int64_t C, int k, int64_t y, int64_t x,
+                           T* coef) {
   const int K = 2 * k + 1;
   const T* f = features + (y * W + x) * C;
   const A norm_f = NormPlusEpsilon<A>(f, C);
@@ -135,13 +190,12 @@ constexpr int kDepthBlock = 64;
 
 // aligned[d] = sum_o coef[o] * prev_memory(p + o)[d] for position (y, x).
 template <typename T, typename A>
-STMN_HOST_DEVICE void AlignAt(const T* coef, const T* prev_memory, int64_t H, int64_t W,
-                              int64_t D, int k, int64_t y, int64_t x, T* aligned) {
+inline void AlignAt(const T* coef, const T* prev_memory, int64_t H, int64_t W, int64_t D,
+                    int k, int64_t y, int64_t x, T* aligned) {
   const int K = 2 * k + 1;
-  const int dy0 = y - k < 0 ? -static_cast<int>(y) : -k;
-  const int dy1 = y + k >= H ? static_cast<int>(H - 1 - y) : k;
-  const int dx0 = x - k < 0 ? -static_cast<int>(x) : -k;
-  const int dx1 = x + k >= W ? static_cast<int>(W - 1 - x) : k;
+  int dy0, dy1, dx0, dx1;
+  ForwardWindow(y, H, k, &dy0, &dy1);
+  ForwardWindow(x, W, k, &dx0, &dx1);
   for (int64_t d0 = 0; d0 < D; d0 += kDepthBlock) {
     const int64_t n = D - d0 < kDepthBlock ? D - d0 : kDepthBlock;
     A acc[kDepthBlock];
@@ -166,16 +220,13 @@ STMN_HOST_DEVICE void AlignAt(const T* coef, const T* prev_memory, int64_t H, in
 // Gradient of the aligned memory with respect to prev_memory at source position
 // q = (y, x): grad[d] = sum_o coef(q - o)[o] * grad_aligned(q - o)[d].
 template <typename T, typename A>
-STMN_HOST_DEVICE void AlignGradAt(const T* coefficients, const T* grad_aligned, int64_t H,
-                                  int64_t W, int64_t D, int k, int64_t y, int64_t x,
-                                  T* grad) {
+inline void AlignGradAt(const T* coefficients, const T* grad_aligned, int64_t H, int64_t W,
+                        int64_t D, int k, int64_t y, int64_t x, T* grad) {
   const int K = 2 * k + 1;
   const int64_t K2 = static_cast<int64_t>(K) * K;
-  // p = q - o must lie inside the map: o in [q - (H-1), q] intersected with [-k, k].
-  const int dy0 = y + k >= H ? static_cast<int>(y - (H - 1)) : -k;
-  const int dy1 = y - k < 0 ? static_cast<int>(y) : k;
-  const int dx0 = x + k >= W ? static_cast<int>(x - (W - 1)) : -k;
-  const int dx1 = x - k < 0 ? static_cast<int>(x) : k;
+  int dy0, dy1, dx0, dx1;
+  GradWindow(y, H, k, &dy0, &dy1);
+  GradWindow(x, W, k, &dx0, &dx1);
   for (int64_t d0 = 0; d0 < D; d0 += kDepthBlock) {
     const int64_t n = D - d0 < kDepthBlock ? D - d0 : kDepthBlock;
     A acc[kDepthBlock];
@@ -198,29 +249,39 @@ STMN_HOST_DEVICE void AlignGradAt(const T* coefficients, const T* grad_aligned, 
   }
 }
 
-// Sizes of one call.
-struct Dims {
-  int64_t batch, height, width, channels, depth;
-  int k;
-  STMN_HOST_DEVICE int64_t positions() const { return batch * height * width; }
-  STMN_HOST_DEVICE int64_t window() const { return static_cast<int64_t>(2 * k + 1) * (2 * k + 1); }
-};
+// Generic path over a whole batch, for the GPU check's host reference: the same
+// per-position calls as the CPU kernel's ForwardRange/GradRange, on one thread.
+template <typename T>
+void ReferenceForward(const Dims& dims, const T* features, const T* prev_features,
+                      const T* prev_memory, typename Accumulator<T>::type* prev_norms,
+                      T* aligned, T* coefficients) {
+  using A = typename Accumulator<T>::type;
+  const int64_t H = dims.height, W = dims.width, C = dims.channels, D = dims.depth;
+  const int64_t HW = H * W, K2 = dims.window();
+  for (int64_t i = 0; i < dims.positions(); ++i) {
+    prev_norms[i] = NormPlusEpsilon<A>(prev_features + i * C, C);
+  }
+  for (int64_t i = 0; i < dims.positions(); ++i) {
+    const int64_t b = i / HW, y = (i % HW) / W, x = i % W;
+    CoefficientsAt<T, A>(features + b * HW * C, prev_features + b * HW * C,
+                         prev_norms + b * HW, H, W, C, dims.k, y, x, coefficients + i * K2);
+    AlignAt<T, A>(coefficients + i * K2, prev_memory + b * HW * D, H, W, D, dims.k, y, x,
+                  aligned + i * D);
+  }
+}
 
-// Forward: fills `aligned` [B, H, W, D] and `coefficients` [B, H, W, (2k+1)^2].
-// `prev_norms` is scratch of B*H*W accumulators.
-template <typename Device, typename T>
-struct MatchTransFunctor {
-  void operator()(const Device& device, const Dims& dims, const T* features,
-                  const T* prev_features, const T* prev_memory,
-                  typename Accumulator<T>::type* prev_norms, T* aligned, T* coefficients);
-};
-
-// Backward: fills `grad_prev_memory` [B, H, W, D] from the forward's coefficients.
-template <typename Device, typename T>
-struct MatchTransGradFunctor {
-  void operator()(const Device& device, const Dims& dims, const T* coefficients,
-                  const T* grad_aligned, T* grad_prev_memory);
-};
+template <typename T>
+void ReferenceBackward(const Dims& dims, const T* coefficients, const T* grad_aligned,
+                       T* grad_prev_memory) {
+  using A = typename Accumulator<T>::type;
+  const int64_t H = dims.height, W = dims.width, D = dims.depth;
+  const int64_t HW = H * W, K2 = dims.window();
+  for (int64_t i = 0; i < dims.positions(); ++i) {
+    const int64_t b = i / HW, y = (i % HW) / W, x = i % W;
+    AlignGradAt<T, A>(coefficients + b * HW * K2, grad_aligned + b * HW * D, H, W, D,
+                      dims.k, y, x, grad_prev_memory + i * D);
+  }
+}
 
 }  // namespace match_trans
 }  // namespace stmn

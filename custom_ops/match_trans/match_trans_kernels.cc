@@ -1,4 +1,8 @@
 // CPU functors and the OpKernels of Stmn>MatchTrans and Stmn>MatchTransGrad.
+//
+// CPU forward paths: the generic per-position path of match_trans.h (every dtype and
+// k; what STMN_MATCHTRANS_CPU_PATH=generic forces) and the blocked float path below
+// (float, k <= 3, the default there).
 
 #define EIGEN_USE_THREADS
 #if GOOGLE_CUDA
@@ -7,9 +11,12 @@
 
 #include "match_trans.h"
 
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 #include <vector>
 
+#include "match_trans_functor.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -256,9 +263,11 @@ STMN_CLONES bool ForwardRowsFloatDispatch(const Dims& dims, const float* feature
 // the neighbouring rows, which share most of them, are processed.
 template <typename T>
 struct MatchTransFunctor<CPUDevice, T> {
-  void operator()(const CPUDevice& device, const Dims& dims, const T* features,
-                  const T* prev_features, const T* prev_memory,
-                  typename Accumulator<T>::type* prev_norms, T* aligned, T* coefficients) {
+  ::tensorflow::Status operator()(const CPUDevice& device, CpuPath path, const Dims& dims,
+                                  const T* features, const T* prev_features,
+                                  const T* prev_memory,
+                                  typename Accumulator<T>::type* prev_norms, T* aligned,
+                                  T* coefficients) {
     using A = typename Accumulator<T>::type;
     const int64_t C = dims.channels, D = dims.depth, K2 = dims.window();
     device.parallelFor(dims.positions(), Eigen::TensorOpCost(C * sizeof(T), sizeof(A), 2.0 * C),
@@ -269,7 +278,7 @@ struct MatchTransFunctor<CPUDevice, T> {
                                             sizeof(T) * (D + K2),
                                             2.0 * C * (K2 + 1) + 2.0 * D * K2);
     if constexpr (std::is_same<T, float>::value) {
-      if (dims.k <= 3) {
+      if (path == CpuPath::kFast && dims.k <= 3) {
         // Whole rows per task: the blocked float kernel works a row at a time.
         device.parallelFor(dims.batch * dims.height, position_cost * dims.width,
                            [&](Eigen::Index begin, Eigen::Index end) {
@@ -277,7 +286,7 @@ struct MatchTransFunctor<CPUDevice, T> {
                                                       prev_memory, prev_norms, aligned,
                                                       coefficients, begin, end);
                            });
-        return;
+        return ::tensorflow::OkStatus();
       }
     }
     device.parallelFor(dims.positions(), position_cost,
@@ -285,13 +294,15 @@ struct MatchTransFunctor<CPUDevice, T> {
                          ForwardDispatch(dims, features, prev_features, prev_memory,
                                          prev_norms, aligned, coefficients, begin, end);
                        });
+    return ::tensorflow::OkStatus();
   }
 };
 
 template <typename T>
 struct MatchTransGradFunctor<CPUDevice, T> {
-  void operator()(const CPUDevice& device, const Dims& dims, const T* coefficients,
-                  const T* grad_aligned, T* grad_prev_memory) {
+  ::tensorflow::Status operator()(const CPUDevice& device, const Dims& dims,
+                                  const T* coefficients, const T* grad_aligned,
+                                  T* grad_prev_memory) {
     const int64_t D = dims.depth, K2 = dims.window();
     device.parallelFor(
         dims.positions(),
@@ -299,6 +310,7 @@ struct MatchTransGradFunctor<CPUDevice, T> {
         [&](Eigen::Index begin, Eigen::Index end) {
           GradDispatch(dims, coefficients, grad_aligned, grad_prev_memory, begin, end);
         });
+    return ::tensorflow::OkStatus();
   }
 };
 
@@ -318,6 +330,23 @@ void ReadK(OpKernelConstruction* ctx, int* k) {
   OP_REQUIRES(ctx, *k >= 0, errors::InvalidArgument("MatchTrans: k must be >= 0, got ", *k));
 }
 
+// STMN_MATCHTRANS_CPU_PATH, read when a CPU kernel is constructed: "auto" (the
+// default, unset or empty) and "fast" take the blocked float path where it exists,
+// "generic" forces the per-position path of match_trans.h for every dtype and k.
+void ReadCpuPath(OpKernelConstruction* ctx, match_trans::CpuPath* path) {
+  const char* value = std::getenv("STMN_MATCHTRANS_CPU_PATH");
+  const std::string v = value == nullptr ? "" : value;
+  if (v.empty() || v == "auto" || v == "fast") {
+    *path = match_trans::CpuPath::kFast;
+  } else if (v == "generic") {
+    *path = match_trans::CpuPath::kGeneric;
+  } else {
+    ctx->CtxFailure(errors::InvalidArgument(
+        "MatchTrans: the environment variable STMN_MATCHTRANS_CPU_PATH must be auto, "
+        "generic or fast, got '", v, "'"));
+  }
+}
+
 bool SameBHW(const TensorShape& a, const TensorShape& b) {
   return a.dim_size(0) == b.dim_size(0) && a.dim_size(1) == b.dim_size(1) &&
          a.dim_size(2) == b.dim_size(2);
@@ -328,7 +357,10 @@ bool SameBHW(const TensorShape& a, const TensorShape& b) {
 template <typename Device, typename T>
 class MatchTransOp : public OpKernel {
  public:
-  explicit MatchTransOp(OpKernelConstruction* ctx) : OpKernel(ctx) { ReadK(ctx, &k_); }
+  explicit MatchTransOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    ReadK(ctx, &k_);
+    if (std::is_same<Device, match_trans::CPUDevice>::value) ReadCpuPath(ctx, &path_);
+  }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& features = ctx->input(0);
@@ -370,14 +402,16 @@ class MatchTransOp : public OpKernel {
     Tensor norms;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DataTypeToEnum<A>::value,
                                            TensorShape({dims.positions()}), &norms));
-    match_trans::MatchTransFunctor<Device, T>()(
-        ctx->eigen_device<Device>(), dims, features.flat<T>().data(),
-        prev_features.flat<T>().data(), prev_memory.flat<T>().data(), norms.flat<A>().data(),
-        aligned->flat<T>().data(), coefficients->flat<T>().data());
+    OP_REQUIRES_OK(ctx, match_trans::MatchTransFunctor<Device, T>()(
+                            ctx->eigen_device<Device>(), path_, dims,
+                            features.flat<T>().data(), prev_features.flat<T>().data(),
+                            prev_memory.flat<T>().data(), norms.flat<A>().data(),
+                            aligned->flat<T>().data(), coefficients->flat<T>().data()));
   }
 
  private:
   int k_;
+  match_trans::CpuPath path_ = match_trans::CpuPath::kFast;
 };
 
 template <typename Device, typename T>
@@ -406,9 +440,10 @@ class MatchTransGradOp : public OpKernel {
     Tensor* grad = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, grad_aligned.shape(), &grad));
     if (dims.positions() == 0) return;
-    match_trans::MatchTransGradFunctor<Device, T>()(
-        ctx->eigen_device<Device>(), dims, coefficients.flat<T>().data(),
-        grad_aligned.flat<T>().data(), grad->flat<T>().data());
+    OP_REQUIRES_OK(ctx, match_trans::MatchTransGradFunctor<Device, T>()(
+                            ctx->eigen_device<Device>(), dims,
+                            coefficients.flat<T>().data(), grad_aligned.flat<T>().data(),
+                            grad->flat<T>().data()));
   }
 
  private:

@@ -17,6 +17,8 @@ import warnings
 
 import tensorflow as tf
 
+from stmn_tf.ops import match_trans_self_check
+
 _LIBRARY_NAME = "_match_trans_ops.so"
 _LIBRARY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), _LIBRARY_NAME)
 _REBUILD_HINT = (
@@ -198,6 +200,7 @@ def _tf_match_trans(features, prev_features, prev_memory, k):
 
 def _op_match_trans(features, prev_features, prev_memory, k):
     library = load_library()
+    match_trans_self_check.ensure_checked()  # the op's first use on each GPU
     aligned, _ = library.stmn_match_trans(features, prev_features, prev_memory, k=k)
     return aligned
 
@@ -258,6 +261,7 @@ def match_trans_coefficients(features, prev_features, k=2, implementation="tf"):
     features, prev_features, _ = _convert(features, prev_features)
     _check_inputs(features, prev_features)
     if _resolve(implementation) == "custom_op":
+        match_trans_self_check.ensure_checked()
         memory = tf.zeros(tf.concat([tf.shape(features)[:3], [0]], 0), features.dtype)
         _, coefficients = load_library().stmn_match_trans(
             features, prev_features, memory, k=k
