@@ -41,20 +41,19 @@ DEFAULT_TILE = 8
 
 
 def tile_width(k, tile=None):
-    """The tile width: even and at least 2k, so that two tilings cover the window.
+    """The tile width: at least k (a neighbour tile reaches one tile either side).
 
     Args:
       k: int. The window radius.
       tile: int or None. A requested width; None for `DEFAULT_TILE`.
 
     Returns:
-      The smallest even width >= max(tile, 2k, 2).
+      max(tile, k, 1).
     """
-    width = DEFAULT_TILE if tile is None else int(tile)
-    if width < 1:
+    width = DEFAULT_TILE if tile is None else tile
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"MatchTrans: tile must be a positive integer, got {tile!r}")
-    width = max(width, 2 * k, 2)
-    return width + width % 2
+    return max(width, k, 1)
 
 
 def _compute_dtype(dtype):
@@ -62,189 +61,187 @@ def _compute_dtype(dtype):
 
 
 def _band_tables(tile, k):
-    """Constant tables of the band inside a `[tile, tile]` tile product.
+    """Constant tables of the band inside a `[tile, tile + 2k]` tile product.
+
+    Row i of a tile meets its neighbour at column offset dx in column `i + dx + k` of
+    the neighbour tile (which starts k positions before the tile).
 
     Returns:
-      read: `[tile, 2k+1]` int, flat index `i*tile + j` of pair (i, j = i + dx) in a
-        tile product (clipped where j falls outside; `first` masks those).
-      first: `[tile, 2k+1]` bool, whether the pair (i, i + dx) lies inside the tile of
-        the first tiling (else it lies in the second tiling's tile, shifted by tile/2).
-      write: `[tile, tile]` int, for building a banded matrix from `[tile, 2k+1]`
-        values flattened with a zero appended: index `i*(2k+1) + (j - i + k)` inside
-        the band, `tile*(2k+1)` (the zero) outside.
+      read: `[tile, 2k+1]` int32, flat index `i*(tile+2k) + i + dx + k` of each band
+        entry in a `[tile, tile + 2k]` product.
+      write: `[tile, tile + 2k]` int32, for building the banded matrix from
+        `[tile, 2k+1]` values flattened with a zero appended: `i*(2k+1) + (j - i)`
+        inside the band, `tile*(2k+1)` (the zero) outside.
     """
     side = 2 * k + 1
+    width = tile + 2 * k
     i = np.arange(tile)[:, None]
-    j = i + np.arange(-k, k + 1)[None, :]
-    first = (j >= 0) & (j < tile)
-    read = i * tile + np.clip(j, 0, tile - 1)
-    offset = np.arange(tile)[None, :] - i + k
+    read = i * width + i + np.arange(side)[None, :]
+    offset = np.arange(width)[None, :] - i
     write = np.where((offset >= 0) & (offset < side), i * side + np.clip(offset, 0, side - 1),
                      tile * side)
-    return read.astype(np.int32), first, write.astype(np.int32)
+    return read.astype(np.int32), write.astype(np.int32)
 
 
 class _Layout:
-    """Flattened positions and the two tilings of one call (dynamic shapes).
+    """The position grid and the neighbour tiles of one call (dynamic shapes).
 
-    Positions `[P, *]` (P = B*H*W) are padded at the end to `n*tile` for the first
-    tiling (tiles start at 0) and the second (tiles start at tile/2, n - 1 of them);
-    neighbour tensors are padded by `k*W` in front and `k*W + n*tile - P` behind, so
-    that the neighbour tile of either tiling at any row offset is a plain slice.
+    Positions are the map's rows laid end to end with the row length padded to
+    `stride`, a multiple of `tile`: grid position `p = (b*H + y)*stride + x`, cut
+    into `n` tiles of `tile` positions. A neighbour tile is `tile + 2k` positions, k
+    before and k after a tile; as a row holds a whole number of tiles, the neighbour
+    tile of tile t at row offset dy is neighbour tile `t + dy*stride/tile` of one
+    tensor built once, a plain slice. Neighbours outside the map (other rows, other
+    images, the padding) are masked on the affinities.
     """
 
     def __init__(self, shape, k, tile):
         self.k = k
         self.tile = tile
-        self.half = tile // 2
         self.side = 2 * k + 1
         self.batch, self.height, self.width = shape[0], shape[1], shape[2]
-        self.positions = self.batch * self.height * self.width
-        self.n = (self.positions + tile - 1) // tile + 1
-        self.padded = self.n * tile
+        self.stride = (self.width + tile - 1) // tile * tile
+        self.per_row = self.stride // tile
+        self.rows = self.batch * self.height
+        self.positions = self.rows * self.stride
+        self.n = self.rows * self.per_row
         self.tables = _band_tables(tile, k)
 
-    def flat(self, x):
-        """`[B, H, W, C]` -> `[P, C]`."""
-        return tf.reshape(x, [self.positions, tf.shape(x)[-1]])
+    def _padded_rows(self, x, extra_rows):
+        """`[B, H, W, C]` -> `[(B*H + 2*extra_rows)*stride, C]`, zeros around."""
+        x = tf.reshape(x, [self.rows, self.width, tf.shape(x)[-1]])
+        x = tf.pad(x, [[extra_rows, extra_rows], [0, self.stride - self.width], [0, 0]])
+        return tf.reshape(x, [-1, tf.shape(x)[-1]])
 
-    def pad_positions(self, x):
-        """`[P, ...]` -> `[n*tile, ...]`, zeros behind."""
-        pad = [[0, self.padded - self.positions]] + [[0, 0]] * (x.shape.rank - 1)
-        return tf.pad(x, pad)
+    def grid(self, x):
+        """`[B, H, W, C]` -> `[positions, C]`."""
+        return self._padded_rows(x, 0)
 
-    def pad_neighbours(self, x):
-        """`[P, ...]` -> `[k*W + n*tile + k*W, ...]`, zeros around."""
-        front = self.k * self.width
-        pad = [[front, front + self.padded - self.positions]] + [[0, 0]] * (x.shape.rank - 1)
-        return tf.pad(x, pad)
+    def tiles(self, grid):
+        """`[positions, C]` -> `[n, tile, C]` (a reshape)."""
+        return tf.reshape(grid, [self.n, self.tile, tf.shape(grid)[-1]])
 
-    def tiles(self, x, start, second):
-        """Tiles `[n or n-1, tile, C]` of `x` (flat) from position `start`."""
-        count = self.n - 1 if second else self.n
-        start = start + (self.half if second else 0)
-        return tf.reshape(x[start:start + count * self.tile], [count, self.tile, tf.shape(x)[-1]])
+    def neighbours(self, x):
+        """`[B, H, W, C]` -> (neighbour tiles `[n + 2k*per_row, tile + 2k, C]`,
+        the flat padded map `[(B*H + 2k + 2)*stride, C]` they were cut from).
 
-    def neighbour_tiles(self, x, dy, second):
-        """Tiles of a neighbour tensor (from `pad_neighbours`) at row offset dy."""
-        return self.tiles(x, (self.k + dy) * self.width, second)
+        Neighbour tile u covers flat positions `[u*tile + stride - k, ... + tile + 2k)`
+        of a map with k + 1 zero rows above and below.
+        """
+        flat = self._padded_rows(x, self.k + 1)
+        depth = tf.shape(flat)[-1]
+        count = self.n + 2 * self.k * self.per_row
+
+        def cut(start):
+            return tf.reshape(flat[start: start + count * self.tile], [count, self.tile, depth])
+
+        centre = cut(self.stride)
+        if self.k == 0:
+            return centre, flat
+        left = cut(self.stride - self.tile)[:, self.tile - self.k:]
+        right = cut(self.stride + self.tile)[:, : self.k]
+        return tf.concat([left, centre, right], axis=1), flat
+
+    def at_row_offset(self, neighbour_tiles, dy):
+        """The neighbour tile of each of the n tiles at row offset dy: `[n, tile+2k, C]`."""
+        start = (self.k + dy) * self.per_row
+        return neighbour_tiles[start: start + self.n]
+
+    def offsets(self):
+        """`[1, (2k+1)^2]` int32: the grid offset `dy*stride + dx` of each window offset."""
+        offsets = tf.range(-self.k, self.k + 1)
+        return tf.reshape(offsets[:, None] * self.stride + offsets[None, :], [1, -1])
 
     def in_bounds(self):
-        """`[B*H*W, (2k+1)^2]` bool: the neighbour at each offset is inside the map."""
+        """`[positions, (2k+1)^2]` bool: the neighbour at each offset is inside the map."""
         y = tf.range(self.height)[:, None, None]
-        x = tf.range(self.width)[None, :, None]
+        x = tf.range(self.stride)[None, :, None]
         offsets = np.arange(-self.k, self.k + 1)
         dy = np.repeat(offsets, self.side)[None, None, :]
         dx = np.tile(offsets, self.side)[None, None, :]
-        inside = ((y + dy >= 0) & (y + dy < self.height) & (x + dx >= 0) & (x + dx < self.width))
-        inside = tf.reshape(inside, [1, self.height * self.width, self.side * self.side])
-        return tf.reshape(tf.tile(inside, [self.batch, 1, 1]), [self.positions, -1])
+        inside = (y + dy >= 0) & (y + dy < self.height) & (x + dx >= 0) & (x + dx < self.width)
+        inside = tf.reshape(inside, [1, self.height * self.stride, self.side * self.side])
+        return tf.reshape(tf.tile(inside, [self.batch, 1, 1]),
+                          [self.positions, self.side * self.side])
+
+    def ungrid(self, grid):
+        """`[positions, D]` -> `[B, H, W, D]` (drops the padding columns)."""
+        depth = tf.shape(grid)[-1]
+        x = tf.reshape(grid, [self.rows, self.stride, depth])[:, : self.width]
+        return tf.reshape(x, [self.batch, self.height, self.width, depth])
 
 
-def _window_dots(layout, features, neighbours):
-    """`[P, (2k+1)^2]` dot products of each position with its window (flat inputs).
+def _normalised(layout, features, prev_features):
+    """The coefficients on the grid, `[positions, (2k+1)^2]`, in the compute dtype.
 
-    `features` `[P, C]`, `neighbours` `[k*W + n*tile + k*W, C]` (from
-    `pad_neighbours`). Out-of-map neighbours give garbage here; the caller masks.
+    `features`, `prev_features`: `[B, H, W, C]` in the compute dtype.
     """
-    read, first, _ = layout.tables
-    tile, half, side = layout.tile, layout.half, layout.side
-    padded = layout.pad_positions(features)
+    read, _ = layout.tables
+    tile, side = layout.tile, layout.side
+    f = layout.tiles(layout.grid(features))  # [n, tile, C]
+    neighbour_tiles, flat = layout.neighbours(prev_features)  # [n + .., tile + 2k, C]
     rows = []
     for dy in range(-layout.k, layout.k + 1):
-        bands = []
-        for second in (False, True):
-            product = tf.matmul(layout.tiles(padded, 0, second),
-                                layout.neighbour_tiles(neighbours, dy, second),
-                                transpose_b=True)  # [tiles, tile, tile]
-            band = tf.gather(tf.reshape(product, [-1, tile * tile]), read, axis=1)
-            bands.append(tf.reshape(band, [-1, side]))  # [tiles*tile, 2k+1]
-        second_band = tf.pad(bands[1], [[half, half], [0, 0]])  # aligned to the first tiling
-        both = tf.where(first[None], tf.reshape(bands[0], [-1, tile, side]),
-                        tf.reshape(second_band, [-1, tile, side]))
-        rows.append(tf.reshape(both, [-1, side]))
-    dots = tf.stack(rows, axis=1)  # [n*tile, 2k+1 (dy), 2k+1 (dx)]
-    return tf.reshape(dots[: layout.positions], [layout.positions, side * side])
-
-
-def _offsets(layout):
-    """`[1, (2k+1)^2]` int32: the flat offset `dy*W + dx` of each window offset."""
-    offsets = tf.range(-layout.k, layout.k + 1)
-    return tf.reshape(offsets[:, None] * layout.width + offsets[None, :], [1, -1])
-
-
-def _neighbour_values(layout, values):
-    """`[P, (2k+1)^2]`: `values` `[P]` at each position's neighbours (0 outside)."""
-    extended = tf.pad(values, [[layout.k * layout.width + layout.k] * 2])
-    base = tf.range(layout.positions)[:, None] + layout.k * layout.width + layout.k
-    return tf.gather(extended, base + _offsets(layout))
-
-
-def _normalised(layout, features, prev_features, inside):
-    """The coefficients `[P, (2k+1)^2]` in the compute dtype (flat inputs)."""
-    neighbours = layout.pad_neighbours(prev_features)
-    dots = _window_dots(layout, features, neighbours)
-    norm = tf.sqrt(tf.reduce_sum(tf.square(features), axis=-1)) + NORM_EPSILON
-    prev_norm = tf.sqrt(tf.reduce_sum(tf.square(prev_features), axis=-1)) + NORM_EPSILON
-    cosine = dots / (norm[:, None] * _neighbour_values(layout, prev_norm))
-    a = tf.where(inside, tf.nn.relu(cosine), tf.zeros_like(cosine))
+        # The window's dot products in row dy: one [tile, C] x [C, tile + 2k] per tile.
+        product = tf.matmul(f, layout.at_row_offset(neighbour_tiles, dy), transpose_b=True)
+        band = tf.gather(tf.reshape(product, [layout.n, tile * (tile + 2 * layout.k)]), read,
+                         axis=1)  # [n, tile, 2k+1]
+        rows.append(tf.reshape(band, [layout.positions, side]))
+    dots = tf.reshape(tf.stack(rows, axis=1), [layout.positions, side * side])
+    norm = tf.sqrt(tf.reduce_sum(tf.square(layout.grid(features)), axis=-1)) + NORM_EPSILON
+    prev_norm = tf.sqrt(tf.reduce_sum(tf.square(flat), axis=-1)) + NORM_EPSILON
+    margin = (layout.k + 1) * layout.stride
+    neighbour_norm = tf.gather(
+        prev_norm, tf.range(layout.positions)[:, None] + margin + layout.offsets())
+    cosine = dots / (norm[:, None] * neighbour_norm)
+    a = tf.where(layout.in_bounds(), tf.nn.relu(cosine), tf.zeros_like(cosine))
     mass = tf.reduce_sum(a, axis=-1, keepdims=True)
-    centre = layout.k * layout.side + layout.k
-    identity = tf.one_hot(centre, layout.side * layout.side, dtype=a.dtype)
+    centre = layout.k * side + layout.k
+    identity = tf.one_hot(centre, side * side, dtype=a.dtype)
     use_identity = mass < MIN_MASS
     return tf.where(use_identity, identity, a / tf.where(use_identity, tf.ones_like(mass), mass))
 
 
-def _banded_sum(layout, coefficients, neighbours):
-    """`[P, D]`: sum over the window of coefficient x neighbour value.
+def _banded_sum(layout, coefficients, values):
+    """`[positions, D]`: the sum over the window of coefficient x neighbour value.
 
-    `coefficients` `[P, (2k+1)^2]` (zero outside the map), `neighbours`
-    `[k*W + n*tile + k*W, D]` (from `pad_neighbours`).
+    `coefficients` `[positions, (2k+1)^2]` (zero outside the map), `values`
+    `[B, H, W, D]`.
     """
-    _, first, write = layout.tables
-    tile, half, side = layout.tile, layout.half, layout.side
-    c = tf.reshape(layout.pad_positions(coefficients), [-1, tile, side, side])
-    zero = tf.zeros([layout.n, tile, side], c.dtype)
-    outputs = [[], []]
+    _, write = layout.tables
+    tile, side = layout.tile, layout.side
+    neighbour_tiles, _ = layout.neighbours(values)
+    c = tf.reshape(coefficients, [layout.n, tile, side, side])
+    outputs = []
     for row in range(side):
-        z = c[:, :, row, :]  # [n, tile, 2k+1]: this row offset's coefficients
-        # Each pair in exactly one tiling: the first where it fits, else the second.
-        parts = (tf.where(first[None], z, zero), tf.where(first[None], zero, z))
-        for second, part in enumerate(parts):
-            if second:
-                part = tf.reshape(part, [-1, side])[half: half + (layout.n - 1) * tile]
-            part = tf.reshape(part, [-1, tile * side])
-            part = tf.pad(part, [[0, 0], [0, 1]])  # the zero that `write` points at
-            banded = tf.gather(part, write, axis=1)  # [tiles, tile, tile]
-            values = layout.neighbour_tiles(neighbours, row - layout.k, bool(second))
-            outputs[second].append(tf.matmul(banded, values))  # [tiles, tile, D]
-    depth = tf.shape(neighbours)[-1]
-    first_sum = tf.reshape(tf.add_n(outputs[0]), [-1, depth])
-    second_sum = tf.pad(tf.reshape(tf.add_n(outputs[1]), [-1, depth]), [[half, half], [0, 0]])
-    return (first_sum + second_sum)[: layout.positions]
+        z = tf.reshape(c[:, :, row, :], [layout.n, tile * side])
+        z = tf.pad(z, [[0, 0], [0, 1]])  # the zero that `write` points at
+        banded = tf.gather(z, write, axis=1)  # [n, tile, tile + 2k]
+        outputs.append(tf.matmul(banded, layout.at_row_offset(neighbour_tiles, row - layout.k)))
+    return tf.reshape(tf.add_n(outputs), [layout.positions, tf.shape(values)[-1]])
 
 
 def _transposed(layout, coefficients):
-    """`c'(q, o) = c(q + o, -o)`: the coefficients of the memory gradient, `[P, (2k+1)^2]`."""
+    """`c'(q, o) = c(q + o, -o)` on the grid: the memory gradient's coefficients."""
     window = layout.side * layout.side
-    margin = layout.k * layout.width + layout.k
+    margin = layout.k * layout.stride + layout.k
     extended = tf.reshape(tf.pad(coefficients, [[margin, margin], [0, 0]]), [-1])
-    shifts = _offsets(layout)
-    mirrored = np.arange(window)[::-1].copy()[None, :]  # index of -o
-    rows = tf.range(layout.positions)[:, None] + margin + shifts
+    mirrored = np.arange(window)[::-1].copy()[None, :]  # the index of -o
+    rows = tf.range(layout.positions)[:, None] + margin + layout.offsets()
     return tf.gather(extended, rows * window + mirrored)
 
 
 def _banded_align(layout, coefficients, memory):
-    """The weighted sum with its exact memory gradient (the transposed band)."""
+    """The weighted sum `[B, H, W, D]` with its exact memory gradient."""
 
     @tf.custom_gradient
     def align(memory):
-        out = _banded_sum(layout, coefficients, layout.pad_neighbours(memory))
+        out = layout.ungrid(_banded_sum(layout, coefficients, memory))
 
         def grad(upstream):
+            # d out(p) / d memory(q) = c(p, q - p): the band transposed.
             transposed = _transposed(layout, coefficients)
-            return _banded_sum(layout, transposed, layout.pad_neighbours(upstream))
+            return layout.ungrid(_banded_sum(layout, transposed, upstream))
 
         return out, grad
 
@@ -268,11 +265,10 @@ def coefficients(features, prev_features, k, tile=None):
     compute = _compute_dtype(features.dtype)
     shape = tf.shape(features)
     layout = _Layout(shape, k, tile_width(k, tile))
-    f = layout.flat(tf.cast(tf.stop_gradient(features), compute))
-    fp = layout.flat(tf.cast(tf.stop_gradient(prev_features), compute))
-    c = _normalised(layout, f, fp, layout.in_bounds())
-    out_shape = tf.concat([shape[:3], [layout.side * layout.side]], 0)
-    return tf.cast(tf.stop_gradient(tf.reshape(c, out_shape)), features.dtype)
+    f = tf.cast(tf.stop_gradient(features), compute)
+    fp = tf.cast(tf.stop_gradient(prev_features), compute)
+    c = layout.ungrid(_normalised(layout, f, fp))
+    return tf.cast(tf.stop_gradient(c), features.dtype)
 
 
 def match_trans(features, prev_features, prev_memory, k, tile=None):
@@ -291,12 +287,11 @@ def match_trans(features, prev_features, prev_memory, k, tile=None):
     compute = _compute_dtype(features.dtype)
     shape = tf.shape(prev_memory)
     layout = _Layout(shape, k, tile_width(k, tile))
-    f = layout.flat(tf.cast(tf.stop_gradient(features), compute))
-    fp = layout.flat(tf.cast(tf.stop_gradient(prev_features), compute))
-    c = tf.stop_gradient(_normalised(layout, f, fp, layout.in_bounds()))
-    m = layout.flat(tf.cast(prev_memory, compute))
-    out = _banded_align(layout, c, m)
-    return tf.cast(tf.reshape(out, shape), prev_memory.dtype)
+    f = tf.cast(tf.stop_gradient(features), compute)
+    fp = tf.cast(tf.stop_gradient(prev_features), compute)
+    c = tf.stop_gradient(_normalised(layout, f, fp))
+    out = _banded_align(layout, c, tf.cast(prev_memory, compute))
+    return tf.cast(out, prev_memory.dtype)
 
 
 # ----------------------------------------------------------------------------------
