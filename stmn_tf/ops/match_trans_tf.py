@@ -178,7 +178,8 @@ def _normalised(layout, features, prev_features):
     """
     read, _ = layout.tables
     tile, side = layout.tile, layout.side
-    f = layout.tiles(layout.grid(features))  # [n, tile, C]
+    grid = layout.grid(features)  # [positions, C]
+    f = layout.tiles(grid)  # [n, tile, C]
     neighbour_tiles, flat = layout.neighbours(prev_features)  # [n + .., tile + 2k, C]
     rows = []
     for dy in range(-layout.k, layout.k + 1):
@@ -188,7 +189,7 @@ def _normalised(layout, features, prev_features):
                          axis=1)  # [n, tile, 2k+1]
         rows.append(tf.reshape(band, [layout.positions, side]))
     dots = tf.reshape(tf.stack(rows, axis=1), [layout.positions, side * side])
-    norm = tf.sqrt(tf.reduce_sum(tf.square(layout.grid(features)), axis=-1)) + NORM_EPSILON
+    norm = tf.sqrt(tf.reduce_sum(tf.square(grid), axis=-1)) + NORM_EPSILON
     prev_norm = tf.sqrt(tf.reduce_sum(tf.square(flat), axis=-1)) + NORM_EPSILON
     margin = (layout.k + 1) * layout.stride
     neighbour_norm = tf.gather(
