@@ -1,7 +1,7 @@
 """MatchTrans (Xiao & Lee, ECCV 2018, Sec. 3.3): the compiled op, and the dispatch to
 its pure-TF twin (match_trans_tf.py).
 
-Both follow the authors' implementation (DESIGN.md §2), which differs from the paper's
+Both follow the authors' implementation, which differs from the paper's
 Eq. 5 in three ways: the affinity is the cosine, not the raw dot product; it is ReLU'd
 before normalisation; and neighbours outside the map are skipped rather than zero
 padded, with the memory kept as it is where the window's affinities sum below 1e-7.

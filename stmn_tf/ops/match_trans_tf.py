@@ -7,19 +7,20 @@ map skipped, normalisation by the in-bounds sum, the memory kept as it is where 
 sum is below 1e-7, and no gradient to the features.
 
 `match_trans` and `coefficients` compute the window as banded matrix products. The
-map is flattened to positions `p = (b*H + y)*W + x`, so that the neighbour at offset
-`(dy, dx)` is `p + dy*W + dx`. For each row offset `dy`, the positions are cut into
-tiles of `tile` consecutive positions and each tile is multiplied with the tile of
-neighbours `dy*W` further on: `[tile, C] x [C, tile]`, one batched matmul over all
-tiles. A pair whose column offset `dx` crosses a tile boundary is inside a tile of a
-second tiling shifted by `tile/2` (as `tile/2 >= k`), so two tilings cover every
-pair; each pair is taken from exactly one of them (the first where it fits), and the
-band is read out with a constant gather. The weighted sum of the memory is the same
-product the other way round (a banded `[tile, tile]` coefficient matrix times the
-memory's neighbour tile `[tile, D]`), and the memory gradient is that product with the
-transposed coefficients. Slices along the flattened axis need no copy, so the features
-are read by matmul kernels, not by 25 elementwise passes. Row wrap-around (`x + dx`
-outside the row, `y + dy` outside the image) is masked on the small affinity tensor.
+map's rows are laid end to end with the row length padded to `stride`, a multiple of
+the tile width: grid position `p = (b*H + y)*stride + x`, whose neighbour at offset
+`(dy, dx)` is `p + dy*stride + dx`. The grid is cut into tiles of `tile` positions;
+for each row offset dy, every tile is multiplied with its neighbour tile (the `tile +
+2k` positions from k before to k after the tile, dy rows away): `[tile, C] x [C,
+tile + 2k]`, one batched matmul over all tiles, whose band holds the window's dot
+products and is read out with a constant gather. The neighbour tiles are cut once;
+since a row holds a whole number of tiles, those of row offset dy are a plain slice of
+them. The weighted sum of the memory is the same product the other way round (the
+banded `[tile, tile + 2k]` coefficient matrix times the memory's `[tile + 2k, D]`
+neighbour tile), and the memory gradient is that product with the transposed
+coefficients `c'(q, o) = c(q + o, -o)`. Neighbours outside the map (past a row's
+end, in another row or image, in the padding) are masked on the small affinity
+tensor, so they are skipped, not zero padded.
 
 `match_trans_shifted` and `coefficients_shifted` are the previous formulation (25
 shifted elementwise products over the padded map), kept for one release as a
