@@ -8,7 +8,7 @@ loaded back with `tf.saved_model.load`. Times `serving_default` on an 11-frame u
 clip and `stream` per frame (the state carried from frame to frame), the two exports
 called in turn in each round.
 
-    python benchmarks/export_latency.py [--repeats 3] [--frames 11] [--depth 50]
+    python benchmarks/export_latency.py [--repeats 2] [--frames 11] [--depth 50]
 
 Prints a table, then one JSON line with the seconds per clip, the milliseconds per
 streamed frame and the portable / custom-op ratios. Heavy on a small CPU: keep the
@@ -55,7 +55,7 @@ def log(message):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--frames", type=int, default=11)
     parser.add_argument("--depth", type=int, default=50, help="ResNet depth")
     parser.add_argument("--output", default=None, help="export directory (default: a temporary one)")
