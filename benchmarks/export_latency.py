@@ -58,7 +58,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--frames", type=int, default=11)
     parser.add_argument("--depth", type=int, default=50, help="ResNet depth")
-    parser.add_argument("--output", default=None, help="export directory (default: a temporary one)")
+    parser.add_argument("--output", default=None,
+                        help="directory for the temporary exports (default: the system's)")
     args = parser.parse_args(argv)
 
     ops.load_library()  # the custom-op export needs it to load; fail loudly here
@@ -79,7 +80,8 @@ def main(argv=None):
         del model
 
         def clip_call(module):
-            return lambda: module.signatures["serving_default"](images=clip)["num_detections"].numpy()
+            signature = module.signatures["serving_default"]
+            return lambda: signature(images=clip)["num_detections"].numpy()
 
         def stream_call(module):
             signature = module.signatures["stream"]

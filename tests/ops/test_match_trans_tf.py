@@ -66,7 +66,8 @@ def test_random_shapes_against_reference(seed):
     np.testing.assert_allclose(got_coef, coef, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("k, shape", [(2, (1, 2, 3)), (3, (2, 1, 4)), (3, (1, 5, 1)), (2, (1, 1, 1))])
+@pytest.mark.parametrize("k, shape",
+                         [(2, (1, 2, 3)), (3, (2, 1, 4)), (3, (1, 5, 1)), (2, (1, 1, 1))])
 def test_maps_smaller_than_the_window(k, shape):
     rng = np.random.default_rng(7)
     f, fp, m = make_inputs(rng, *shape, 5, 3)
@@ -155,7 +156,8 @@ def test_dynamic_shapes_with_and_without_xla(jit):
             for dy in range(-2, 3):
                 for dx in range(-2, 3):
                     if 0 <= y + dy < h and 0 <= x + dx < w:
-                        want[n, y + dy, x + dx] += coef[n, y, x, (dy + 2) * 5 + dx + 2] * expected[n, y, x]
+                        weight = coef[n, y, x, (dy + 2) * 5 + dx + 2]
+                        want[n, y + dy, x + dx] += weight * expected[n, y, x]
         np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-5)
     if not jit:
         graph = fn.get_concrete_function().graph.as_graph_def()
