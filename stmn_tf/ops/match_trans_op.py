@@ -1,6 +1,7 @@
-"""MatchTrans (Xiao & Lee, ECCV 2018, Sec. 3.3): the compiled op and its pure-TF twin.
+"""MatchTrans (Xiao & Lee, ECCV 2018, Sec. 3.3): the compiled op, and the dispatch to
+its pure-TF twin (match_trans_tf.py).
 
-Both follow the authors' implementation (DESIGN.md §2), which differs from the paper's
+Both follow the authors' implementation, which differs from the paper's
 Eq. 5 in three ways: the affinity is the cosine, not the raw dot product; it is ReLU'd
 before normalisation; and neighbours outside the map are skipped rather than zero
 padded, with the memory kept as it is where the window's affinities sum below 1e-7.
@@ -18,6 +19,7 @@ import warnings
 import tensorflow as tf
 
 from stmn_tf.ops import match_trans_self_check
+from stmn_tf.ops import match_trans_tf
 
 _LIBRARY_NAME = "_match_trans_ops.so"
 _LIBRARY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), _LIBRARY_NAME)
@@ -26,9 +28,6 @@ _REBUILD_HINT = (
     "TensorFlow that is installed now, or pass implementation='tf' to use the pure-TF "
     "implementation."
 )
-
-_NORM_EPSILON = 1e-8  # added to each norm, as in the authors' code
-_MIN_MASS = 1e-7  # below this the window has no positive affinity: identity
 
 _lock = threading.Lock()
 _library = None
@@ -144,57 +143,6 @@ def _convert(features, prev_features, prev_memory=None):
 
 
 # ----------------------------------------------------------------------------------
-# The pure-TF twin.
-
-
-def _tf_coefficients(features, prev_features, k):
-    """Normalised coefficients `[B, H, W, (2k+1)^2]` with standard ops (XLA-friendly)."""
-    compute_dtype = tf.float64 if features.dtype == tf.float64 else tf.float32
-    f = tf.cast(features, compute_dtype)
-    fp = tf.cast(prev_features, compute_dtype)
-    f = f / (tf.norm(f, axis=-1, keepdims=True) + _NORM_EPSILON)
-    fp = fp / (tf.norm(fp, axis=-1, keepdims=True) + _NORM_EPSILON)
-    h, w = tf.shape(f)[1], tf.shape(f)[2]
-    paddings = [[0, 0], [k, k], [k, k], [0, 0]]
-    fp_padded = tf.pad(fp, paddings)
-    # In-bounds mask of each offset, so that out-of-bounds neighbours are skipped.
-    inside = tf.pad(tf.ones_like(fp[..., :1]), paddings)
-    affinities, masks = [], []
-    for dy in range(2 * k + 1):
-        for dx in range(2 * k + 1):
-            neighbour = fp_padded[:, dy : dy + h, dx : dx + w, :]
-            affinities.append(tf.reduce_sum(f * neighbour, axis=-1))
-            masks.append(inside[:, dy : dy + h, dx : dx + w, 0])
-    a = tf.nn.relu(tf.stack(affinities, axis=-1)) * tf.stack(masks, axis=-1)
-    mass = tf.reduce_sum(a, axis=-1, keepdims=True)
-    identity = tf.one_hot((2 * k + 1) * k + k, (2 * k + 1) ** 2, dtype=compute_dtype)
-    use_identity = mass < _MIN_MASS
-    coefficients = tf.where(use_identity, identity, a / tf.where(use_identity, tf.ones_like(mass), mass))
-    return tf.cast(coefficients, features.dtype)
-
-
-def _tf_align(coefficients, prev_memory, k):
-    """sum_o coef[..., o] * prev_memory(p + o): `[B, H, W, D]`."""
-    compute_dtype = tf.float64 if prev_memory.dtype == tf.float64 else tf.float32
-    m = tf.cast(prev_memory, compute_dtype)
-    c = tf.cast(coefficients, compute_dtype)
-    h, w = tf.shape(m)[1], tf.shape(m)[2]
-    m_padded = tf.pad(m, [[0, 0], [k, k], [k, k], [0, 0]])
-    out = tf.zeros_like(m)
-    side = 2 * k + 1
-    for dy in range(side):
-        for dx in range(side):
-            out += c[..., dy * side + dx, None] * m_padded[:, dy : dy + h, dx : dx + w, :]
-    return tf.cast(out, prev_memory.dtype)
-
-
-def _tf_match_trans(features, prev_features, prev_memory, k):
-    # The authors pass no gradient to the features through the coefficients.
-    coefficients = tf.stop_gradient(_tf_coefficients(features, prev_features, k))
-    return _tf_align(coefficients, prev_memory, k)
-
-
-# ----------------------------------------------------------------------------------
 # The compiled op.
 
 
@@ -239,7 +187,7 @@ def match_trans(features, prev_features, prev_memory, k=2, implementation="auto"
     _check_inputs(features, prev_features, prev_memory)
     if _resolve(implementation) == "custom_op":
         return _op_match_trans(features, prev_features, prev_memory, k)
-    return _tf_match_trans(features, prev_features, prev_memory, k)
+    return match_trans_tf.match_trans(features, prev_features, prev_memory, k)
 
 
 def match_trans_coefficients(features, prev_features, k=2, implementation="tf"):
@@ -267,4 +215,4 @@ def match_trans_coefficients(features, prev_features, k=2, implementation="tf"):
             features, prev_features, memory, k=k
         )
         return tf.stop_gradient(coefficients)
-    return tf.stop_gradient(_tf_coefficients(features, prev_features, k))
+    return match_trans_tf.coefficients(features, prev_features, k)

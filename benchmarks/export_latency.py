@@ -1,0 +1,137 @@
+"""Latency of the portable SavedModel against the export with the compiled MatchTrans op.
+
+STMN on ResNet-50 at the paper's 337x600 frame (22x38 features), random weights: the
+model is exported twice with the public export function, once portable (MatchTrans as
+standard TensorFlow ops, what a stock TF Serving runs) and once with the compiled
+`Stmn>MatchTrans` op (the same graph as the in-framework model with the op), both
+loaded back with `tf.saved_model.load`. Times `serving_default` on an 11-frame uint8
+clip and `stream` per frame (the state carried from frame to frame), the two exports
+called in turn in each round.
+
+    python benchmarks/export_latency.py [--repeats 2] [--frames 11] [--depth 50]
+
+Prints a table, then one JSON line with the seconds per clip, the milliseconds per
+streamed frame and the portable / custom-op ratios. Heavy on a small CPU: keep the
+repeats small.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from stmn_tf import ops  # noqa: E402
+from stmn_tf.configs import load_config  # noqa: E402
+from stmn_tf.models.builders import build_model  # noqa: E402
+from stmn_tf.serving.export import export_saved_model  # noqa: E402
+
+HEIGHT, WIDTH = 337, 600  # the paper's test frame (Sec. 3.3)
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      "stmn_resnet101_vid.yaml")
+
+
+def experiment(depth):
+    overrides = ",".join([
+        f"model.backbone.depth={depth}",
+        f"eval_data.image_size.short_side={HEIGHT}",
+        f"eval_data.image_size.long_side_max={WIDTH}",
+        # Padded to a multiple of 32: 22x38 features at stride 16.
+        "eval_data.image_size.padded_size=[352,608]",
+    ])
+    return load_config(CONFIG, overrides)
+
+
+def log(message):
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=11)
+    parser.add_argument("--depth", type=int, default=50, help="ResNet depth")
+    parser.add_argument("--output", default=None,
+                        help="directory for the temporary exports (default: the system's)")
+    args = parser.parse_args(argv)
+
+    ops.load_library()  # the custom-op export needs it to load; fail loudly here
+    config = experiment(args.depth)
+    keras.utils.set_random_seed(0)
+    log(f"building STMN on ResNet-{args.depth}")
+    model = build_model(config.model)
+    rng = np.random.default_rng(0)
+    clip = tf.constant(rng.integers(0, 256, size=(args.frames, HEIGHT, WIDTH, 3), dtype=np.uint8))
+
+    with tempfile.TemporaryDirectory(dir=args.output) as root:
+        loaded = {}
+        for name, custom_op in (("portable", False), ("custom_op", True)):
+            log(f"exporting the {name} SavedModel")
+            path = export_saved_model(model, config.eval_data.image_size,
+                                      os.path.join(root, name), custom_op=custom_op)
+            loaded[name] = tf.saved_model.load(path)
+        del model
+
+        def clip_call(module):
+            signature = module.signatures["serving_default"]
+            return lambda: signature(images=clip)["num_detections"].numpy()
+
+        def stream_call(module):
+            signature = module.signatures["stream"]
+            specs = signature.structured_input_signature[1]
+            zeros = {key: tf.zeros(specs[key].shape, specs[key].dtype)
+                     for key in ("state_memory", "state_features")}
+
+            def run():
+                state = dict(zeros)
+                for t in range(args.frames):
+                    answer = signature(frame=clip[t], **state)
+                    state = {key: answer[key] for key in state}
+                answer["num_detections"].numpy()
+            return run
+
+        calls = {(name, kind): make(module) for name, module in loaded.items()
+                 for kind, make in (("clip", clip_call), ("stream", stream_call))}
+        for key, fn in calls.items():  # warm-up: traces, allocations
+            log(f"warm-up {key[0]} {key[1]}")
+            fn()
+        times = {key: [] for key in calls}
+        for r in range(args.repeats):
+            log(f"round {r + 1}/{args.repeats}")
+            for key, fn in calls.items():
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+    seconds = {key: float(np.median(t)) for key, t in times.items()}
+
+    result = {"frames": args.frames, "depth": args.depth, "image": [HEIGHT, WIDTH],
+              "repeats": args.repeats}
+    header = f"{'export':>10} {'serving_default s/clip':>22} {'stream ms/frame':>16}"
+    print(f"STMN ResNet-{args.depth}, {args.frames} frames of {HEIGHT}x{WIDTH}, "
+          f"median of {args.repeats} rounds")
+    print(header)
+    print("-" * len(header))
+    for name in loaded:
+        clip_s = seconds[(name, "clip")]
+        stream_ms = 1e3 * seconds[(name, "stream")] / args.frames
+        result[f"{name}_clip_s"] = round(clip_s, 3)
+        result[f"{name}_stream_ms_per_frame"] = round(stream_ms, 1)
+        print(f"{name:>10} {clip_s:>22.2f} {stream_ms:>16.1f}")
+    result["clip_portable_over_custom_op"] = round(
+        seconds[("portable", "clip")] / seconds[("custom_op", "clip")], 3)
+    result["stream_portable_over_custom_op"] = round(
+        seconds[("portable", "stream")] / seconds[("custom_op", "stream")], 3)
+    print(f"portable / custom op: clip {result['clip_portable_over_custom_op']:.3f}, "
+          f"stream {result['stream_portable_over_custom_op']:.3f}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
