@@ -99,7 +99,7 @@ def evaluate_detectors(config, model=None, static_model=None, *, data=None, wind
     if data:
         data_config.input_path = data
     runners = {}
-    main_name = "stmn" if postprocess.is_memory_model(model) else "rfcn"
+    main_name = "stmn" if model.has_memory else "rfcn"
     if static_model is not None and main_name == "stmn":
         runners["rfcn"] = postprocess.make_runner(static_model, eval_config)
     runners[main_name] = postprocess.make_runner(model, eval_config, online, window, stride,

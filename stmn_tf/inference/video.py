@@ -128,11 +128,6 @@ def _unpack(outputs, b, t):
             outputs["detection_classes"][b, t, :n])
 
 
-def is_memory_model(model):
-    """True for a detector with a temporal memory (STMN), False for a static R-FCN."""
-    return hasattr(model, "memory_cells")
-
-
 class ModelWindowAdapter:
     """What the windowed runner needs from a detector: per-frame encoding and detection
     on stacks of windows. Tests replace it with a fake of the same two methods.
@@ -192,7 +187,7 @@ class WindowedVideoDetector:
     def __init__(self, detector, window_length=11, stride=10, step=1, batch_windows=1,
                  merge_iou=0.3, cache="features"):
         if hasattr(detector, "detect_from_features"):
-            if not is_memory_model(detector):
+            if not detector.has_memory:
                 window_length, stride = 1, 1  # R-FCN: per frame
             detector = ModelWindowAdapter(detector, cache)
         for name, value in (("window_length", window_length), ("stride", stride),
@@ -339,23 +334,6 @@ def frame_detections(position, frame, boxes, scores, labels, num_windows=1):
 # Online (forward-only) mode.
 
 
-def detect_from_head_input(model, features, head_input, image_size):
-    """`detect_from_features` with the memory's output given instead of computed.
-
-    The model has no public hook for this (the memory runs inside `head_features`);
-    this follows `TwoStageDetector.detect_from_features` step by step.
-
-    Args:
-        features: `[B, T, h, w, C]` `F_t` (the RPN reads them).
-        head_input: `[B, T, h, w, C_head]` (the memory).
-        image_size: `[2]` the input tensor's height and width.
-    """
-    shape = tf.shape(features)
-    _, _, _, rois, valid = model._first_stage({"proposals": None}, features, image_size, False)
-    class_logits, box_deltas = model.rfcn_head(model._flatten(head_input), rois, image_size)
-    return model._postprocess(class_logits, box_deltas, rois, valid, shape[0], shape[1])
-
-
 class OnlineVideoDetector:
     """Forward-only detection, frame by frame, memory carried over (module docstring).
 
@@ -372,48 +350,23 @@ class OnlineVideoDetector:
             raise ValueError(f"stride must be >= 1, got {stride}")
         self.model = model
         self.stride = stride
-        self._memory_model = is_memory_model(model)
-        self._step = tf.function(self._step_fn, reduce_retracing=True)
-        self._static = tf.function(lambda images: model.detect(images), reduce_retracing=True)
+        self._step = tf.function(model.step, reduce_retracing=True)
         self.reset()
 
     def reset(self):
         self._count = 0
-        self._states = {}  # sub-sequence -> (memory [1, h, w, D], F_{t-1} [1, h, w, C])
-
-    def _step_fn(self, images, memory, prev_features):
-        """images `[1, Hp, Wp, 3]`; memory / prev_features None at a sub-sequence's start."""
-        features = self.model.extract_features(images[:, None])  # [1, 1, h, w, C]
-        current = features[:, 0]
-        cells = self.model.memory_cells()
-        forward = cells[0]
-        if memory is None:  # the paper's first step: zero memory, F_{t-1} = F_t
-            shape = tf.shape(current)
-            memory = tf.zeros(tf.stack([shape[0], shape[1], shape[2], forward.filters]), current.dtype)
-            prev_features = current
-        memory = forward.step(current, prev_features, forward.input_projections(current), memory)
-        head = [memory]
-        if len(cells) > 1:  # bidirectional: the backward memory has read this frame only
-            backward = cells[1]
-            zeros = tf.zeros_like(memory[..., :backward.filters])
-            head.append(backward.step(current, current, backward.input_projections(current), zeros))
-        head_input = tf.concat(head, -1)[:, None]  # [1, 1, h, w, 2F]
-        outputs = detect_from_head_input(self.model, features, head_input, tf.shape(images)[1:3])
-        return outputs, memory, current
+        self._states = {}  # sub-sequence -> the model's state after its last frame
 
     def push(self, frame):
         position = self._count
         self._count += 1
         image = np.asarray(frame["image"], np.float32)
-        images = tf.convert_to_tensor(image[None])
-        if self._memory_model:
-            sub = position % self.stride
-            memory, prev = self._states.get(sub, (None, None))
-            outputs, memory, prev = self._step(images, memory, prev)
-            self._states[sub] = (memory, prev)
-        else:
-            outputs = self._static(images[:, None])
-        outputs = {k: v.numpy() for k, v in outputs.items()}
+        sub = position % self.stride
+        state = self._states.get(sub)
+        if state is None:  # a sub-sequence's first frame: the paper's first step
+            state = self.model.initial_state(1, *image.shape[:2])
+        outputs, self._states[sub] = self._step(tf.convert_to_tensor(image[None]), state)
+        outputs = {k: v.numpy()[:, None] for k, v in outputs.items()}  # [1, 1, ...]
         boxes, scores, labels = _unpack(outputs, 0, 0)
         boxes = boxes_yxyx_normalized_to_xyxy_pixels(boxes, image.shape[:2], frame["image_size"],
                                                      frame["original_size"])

@@ -343,6 +343,26 @@ class GatedConvRNN(keras.layers.RNN):
         last_features = sequences[:, 0] if reverse else sequences[:, -1]
         return outputs, memory, last_features
 
+    def step(self, features, state):
+        """One frame of a stream: the memory after it, and the state for the next one.
+
+        What `recur` computes at each frame, for a video that arrives frame by frame.
+        A zero `state` starts a video: zero previous features make MatchTrans keep the
+        (zero) memory, which is the paper's first step.
+
+        Args:
+          features: `[B, H, W, C]`, F_t.
+          state: `[memory [B, H, W, filters], prev_features [B, H, W, C]]`.
+
+        Returns:
+          `(memory, [memory, features])`: M_t `[B, H, W, filters]` and the next state.
+        """
+        memory, prev_features = state
+        memory = self.cell.step(
+            features, prev_features, self.cell.input_projections(features), memory
+        )
+        return memory, [memory, features]
+
     def call(self, sequences, initial_state=None, mask=None, training=False):
         projections = self.cell.input_projections(sequences)  # [B, T, H, W, 3F]
         outputs, memory, last_features = self.recur(

@@ -136,6 +136,30 @@ class BidirectionalSTMM(keras.layers.Layer):
         )
         return keras.ops.concatenate([forward, backward], axis=-1)  # [B,T,H,W,2F]
 
+    def step(self, features, state):
+        """One frame of a stream, causally: the forward memory carried, the backward
+        memory on the current frame alone.
+
+        Online there is no future: the backward memory at frame t of a clip that ends
+        at t has read frame t only (its first step: zero memory, `F_{t-1} = F_t`).
+        So the output for frame t equals `call` on the clip that starts at the
+        state's zero and ends at t, at its last frame.
+
+        Args:
+          features: `[B, H, W, C]`, F_t.
+          state: `[memory [B, H, W, filters], prev_features [B, H, W, C]]` of the
+            forward direction (all zeros start a video, see `GatedConvRNN.step`).
+
+        Returns:
+          `(outputs, state)`: `[B, H, W, 2 * filters]` (forward channels first) and
+          the forward direction's next state.
+        """
+        forward, state = self.forward_layer.step(features, state)
+        backward, _ = self.backward_layer.step(
+            features, [keras.ops.zeros_like(forward), features]
+        )
+        return keras.ops.concatenate([forward, backward], axis=-1), state
+
     def compute_output_shape(self, sequences_shape):
         return tuple(sequences_shape[:-1]) + (2 * self.filters,)
 

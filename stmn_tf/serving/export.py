@@ -20,7 +20,6 @@ import tempfile
 
 import tensorflow as tf
 
-from stmn_tf.models.stmn import STMN
 from stmn_tf.serving.signatures import DetectorServingModule
 
 CUSTOM_OP_PREFIX = "Stmn>"
@@ -29,21 +28,6 @@ METADATA_FILE = "stmn_serving.json"
 
 class ExportError(RuntimeError):
     """The export cannot be written (existing version, unportable graph, bad checkpoint)."""
-
-
-def _set_match_trans_implementation(model, implementation):
-    """Sets MatchTrans' implementation on every memory cell; returns the old values.
-
-    The cells read their `implementation` when a function is traced, so this decides
-    which ops the SavedModel's graphs contain.
-    """
-    if not isinstance(model, STMN):
-        return []
-    cells = model.memory_cells()
-    previous = [cell.implementation for cell in cells]
-    for cell in cells:
-        cell.implementation = implementation
-    return previous
 
 
 def _saveable_root(model, signatures):
@@ -204,7 +188,9 @@ def export_saved_model(
     os.makedirs(output_dir, exist_ok=True)
 
     previous_max = model.max_detections
-    previous_impl = _set_match_trans_implementation(model, "custom_op" if custom_op else "tf")
+    previous_impl = None
+    if model.has_memory:
+        previous_impl = model.set_match_trans_implementation("custom_op" if custom_op else "tf")
     if max_detections is not None:
         model.max_detections = int(max_detections)
     temporary = tempfile.mkdtemp(prefix=f".export-{version}-", dir=output_dir)
@@ -236,9 +222,8 @@ def export_saved_model(
         if os.path.exists(temporary):
             shutil.rmtree(temporary, ignore_errors=True)
         model.max_detections = previous_max
-        if previous_impl:
-            for cell, implementation in zip(model.memory_cells(), previous_impl):
-                cell.implementation = implementation
+        if previous_impl is not None:
+            model.set_match_trans_implementation(previous_impl)
     return final
 
 
