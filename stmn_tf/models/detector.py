@@ -272,8 +272,20 @@ class TwoStageDetector(keras.Model):
         result["total_loss"] = tf.add_n(list(result.values()))
         return result
 
-    def compile(self, optimizer="sgd", jit_compile=False, **kwargs):
-        """`keras.Model.compile` with XLA off by default: NMS does not compile with XLA."""
+    def compile(self, optimizer="sgd", weight_decay=0.0, clip_norm=0.0, jit_compile=False,
+                **kwargs):
+        """`keras.Model.compile` with the training step's options; XLA off by default
+        (NMS does not compile with XLA).
+
+        Args:
+          optimizer: a Keras optimizer (or its name).
+          weight_decay: float. L2 on the kernels. Defaults to 0.
+          clip_norm: float. Global gradient-norm clipping, 0 = off. Defaults to 0.
+          jit_compile: bool. Defaults to False.
+          **kwargs: the other `keras.Model.compile` arguments.
+        """
+        self.weight_decay = float(weight_decay)
+        self.clip_norm = float(clip_norm)
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
     @property
@@ -286,19 +298,15 @@ class TwoStageDetector(keras.Model):
         return {name: tracker.result() for name, tracker in self._loss_trackers.items()}
 
     def train_step(self, data):
+        """`fit`'s step: the one of train.py (`stmn_tf.training.step`)."""
+        from stmn_tf.training.step import replica_train_step  # training imports models
+
         inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            losses = self.compute_losses(inputs, training=True)
-            loss = losses["total_loss"]
-            if self.losses:
-                loss = loss + tf.add_n([tf.cast(l, tf.float32) for l in self.losses])
-            scaled = self.optimizer.scale_loss(loss)
-        variables = self.trainable_variables
-        gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(
-            [(g, v) for g, v in zip(gradients, variables) if g is not None]
+        losses = replica_train_step(
+            self, self.optimizer, inputs, getattr(self, "weight_decay", 0.0),
+            getattr(self, "clip_norm", 0.0),
         )
-        return self._report(losses)
+        return self._report({name: losses[name] for name in LOSS_NAMES})
 
     def test_step(self, data):
         inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -5,16 +5,13 @@ so the loop is written out, the same for one device, MirroredStrategy and
 MultiWorkerMirroredStrategy:
 
     batch  = next(iterator)                # per-replica batches, distribute_datasets_from_function
-    losses = train_step(batch)             # tf.function: strategy.run(replica_step), then
-                                           # strategy.reduce(SUM) of the per-replica shares
+    losses = train_step(batch)             # tf.function: strategy.run(replica_train_step),
+                                           # then the mean of the replicas' losses
     host: non-finite check, plateau, progress bar, summaries, checkpoints
 
-`replica_step` computes the model's own losses (`model.compute_losses`, means over
-the replica's frames), divides them by the number of replicas (equal per-replica
-batches, so the sum over replicas is the mean over the global batch), all-reduces the
-gradients itself, clips them by their global norm, and hands them to the optimizer.
-BN* normalises over each replica's own tensor (the paper computes it per batch); the
-backbone's batch norm is frozen, so no statistics need synchronising.
+`replica_train_step` (`stmn_tf.training.step`) is the one training step, the one
+`model.fit` runs too: losses, weight decay, loss scaling, all-reduced and clipped
+gradients, the finiteness guard.
 """
 
 import copy
@@ -31,6 +28,7 @@ from stmn_tf.training import checkpointing
 from stmn_tf.training import distribution
 from stmn_tf.training import optimization
 from stmn_tf.training import summaries
+from stmn_tf.training.step import replica_train_step
 
 logger = logging.getLogger(__name__)
 
@@ -73,51 +71,20 @@ class TrainingState:
         return float(self.schedule(self.optimizer.iterations))
 
 
-def make_train_step(state, strategy, weight_decay=0.0, clip_norm=0.0, mixed_precision=False):
+def make_train_step(state, strategy, weight_decay=0.0, clip_norm=0.0):
     """The compiled step: `train_step(distributed_batch) -> {loss name: global mean}`.
 
-    Runs `replica_step` on every replica and sums the replicas' shares. The
-    gradients are all-reduced here rather than inside the optimizer, because the
-    global-norm clipping and the loss-scaling finiteness check need the gradient of
-    the whole global batch (Keras clips before its own all-reduce, i.e. per replica).
-    Keras' SGD all-reduces what it is given once more, so each replica hands it
-    1/N of the reduced gradient: the sum is the reduced gradient. That costs a
-    second all-reduce per step, which at ResNet-101 sizes is small next to the step.
+    Runs `stmn_tf.training.step.replica_train_step` (the step `model.fit` runs too) on
+    every replica, averages the replicas' losses and counts the step.
     """
-    model, optimizer = state.model, state.optimizer
-    variables = model.trainable_variables
 
     def replica_step(batch):
-        context = tf.distribute.get_replica_context()
-        replicas = context.num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            losses = model.compute_losses(batch, training=True)
-            regularisation = optimization.l2_loss(variables, weight_decay)
-            # This replica's share of the global-batch mean.
-            loss = (losses["total_loss"] + regularisation) / replicas
-            scaled = optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled, variables)
-        present = [i for i, g in enumerate(gradients) if g is not None]
-        reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, [gradients[i] for i in present])
-        global_loss = context.all_reduce(tf.distribute.ReduceOp.SUM, loss)
-        if clip_norm > 0:
-            # The gradients carry the loss scale under mixed precision.
-            scale = tf.cast(optimizer.dynamic_scale, tf.float32) if mixed_precision else 1.0
-            reduced, _ = tf.clip_by_global_norm(reduced, clip_norm * scale)
-        # A non-finite loss stops the run (on the host, after this step); its
-        # gradients are dropped so that the weights in memory stay those of the last
-        # good step.
-        finite = tf.math.is_finite(global_loss)
-        shares = [tf.where(finite, g, tf.zeros_like(g)) / replicas for g in reduced]
-        optimizer.apply(shares, [variables[i] for i in present])
-        out = {name: value / replicas for name, value in losses.items()}
-        out["regularisation_loss"] = regularisation / replicas
-        return out
+        return replica_train_step(state.model, state.optimizer, batch, weight_decay, clip_norm)
 
     @tf.function
     def train_step(batch):
         per_replica = strategy.run(replica_step, args=(batch,))
-        losses = {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+        losses = {name: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
                   for name, value in per_replica.items()}
         state.step.assign_add(1)
         return losses
@@ -205,8 +172,7 @@ def train(config, model_dir, steps=None, strategy=None, init_from=None, progress
     dataset = strategy.distribute_datasets_from_function(make_dataset_fn(data_config))
     train_step = make_train_step(
         state, strategy, weight_decay=config.train.optimizer.weight_decay,
-        clip_norm=config.train.optimizer.clip_norm,
-        mixed_precision=config.train.mixed_precision)
+        clip_norm=config.train.optimizer.clip_norm)
     log = summaries.TrainingLog(model_dir if chief else write_dir, enabled=chief)
 
     result = {"step": start, "losses": {}, "checkpoint": resumed_from,
