@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from stmn_tf.evaluation import vid_eval
+from stmn_tf.ops import box_ops
 from stmn_tf.inference import postprocess
 from stmn_tf.inference.video import prepared_frame
 
@@ -51,9 +52,7 @@ def eval_frames(data_config, max_videos=None):
             current = video_id
         n = int(element["num_boxes"])
         height, width = (int(s) for s in element["original_size"])
-        yxyx = element["boxes"][:n].astype(np.float64)
-        boxes = np.stack([yxyx[:, 1] * width, yxyx[:, 0] * height, yxyx[:, 3] * width,
-                          yxyx[:, 2] * height], -1).reshape(-1, 4)
+        boxes = box_ops.normalized_yxyx_to_pixel_xyxy(element["boxes"][:n], height, width)
         groundtruth = {"boxes": boxes, "labels": element["labels"][:n].astype(np.int64),
                        "track_ids": element["track_ids"][:n].astype(np.int64),
                        "video_id": video_id, "frame_index": int(element["frame_index"])}
@@ -63,12 +62,12 @@ def eval_frames(data_config, max_videos=None):
 
 
 def _restore(config, checkpoint, model_type=None):
-    from stmn_tf import configs
+    from stmn_tf.training import checkpointing
 
     config = copy.deepcopy(config)
     if model_type:
         config.model.type = model_type
-    return configs.restore_model(config, checkpoint)
+    return checkpointing.restore_model(config, checkpoint)[0]
 
 
 def evaluate_detectors(config, model=None, static_model=None, *, data=None, window=None,

@@ -54,6 +54,7 @@ frame's `F_t`:
 import numpy as np
 import tensorflow as tf
 
+from stmn_tf.ops import box_ops
 from stmn_tf.ops.seq_nms import nms_xyxy
 
 CACHES = ("features", "images")
@@ -73,30 +74,6 @@ def prepared_frame(image, image_size, original_size, frame_index, **meta):
     return PreparedFrame(image=image, image_size=tuple(int(s) for s in image_size),
                          original_size=tuple(int(s) for s in original_size),
                          frame_index=int(frame_index), meta=meta)
-
-
-def boxes_yxyx_normalized_to_xyxy_pixels(boxes, padded_size, image_size, original_size):
-    """Model boxes -> pixel boxes in the original frame.
-
-    The detectors normalise boxes by their input tensor (the padded canvas); the frame
-    sits at its top left resized to `image_size`, which keeps the aspect ratio of
-    `original_size`. Coordinates are continuous, as the eval pipeline's ground truth
-    (normalised box times original size).
-
-    Args:
-        boxes: `[N, 4]` normalised ymin, xmin, ymax, xmax.
-        padded_size, image_size, original_size: (height, width) each.
-
-    Returns:
-        `[N, 4]` float64 xmin, ymin, xmax, ymax pixels, clipped to the frame.
-    """
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    sy = padded_size[0] * original_size[0] / image_size[0]
-    sx = padded_size[1] * original_size[1] / image_size[1]
-    xyxy = np.stack([boxes[:, 1] * sx, boxes[:, 0] * sy, boxes[:, 3] * sx, boxes[:, 2] * sy], -1)
-    # The padding is not part of the frame.
-    height, width = original_size
-    return np.clip(xyxy, 0.0, [width, height, width, height])
 
 
 def _inside(boxes, scores, labels):
@@ -312,7 +289,7 @@ class WindowedVideoDetector:
         boxes = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, 4))
         scores = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0)
         labels = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64)
-        boxes = boxes_yxyx_normalized_to_xyxy_pixels(boxes, self._padded_size, frame["image_size"],
+        boxes = box_ops.canvas_yxyx_to_frame_xyxy(boxes, self._padded_size, frame["image_size"],
                                                      frame["original_size"])
         boxes, scores, labels = merge_detections_xyxy(*_inside(boxes, scores, labels), self.merge_iou)
         return frame_detections(position, frame, boxes, scores, labels, len(parts))
@@ -368,7 +345,7 @@ class OnlineVideoDetector:
         outputs, self._states[sub] = self._step(tf.convert_to_tensor(image[None]), state)
         outputs = {k: v.numpy()[:, None] for k, v in outputs.items()}  # [1, 1, ...]
         boxes, scores, labels = _unpack(outputs, 0, 0)
-        boxes = boxes_yxyx_normalized_to_xyxy_pixels(boxes, image.shape[:2], frame["image_size"],
+        boxes = box_ops.canvas_yxyx_to_frame_xyxy(boxes, image.shape[:2], frame["image_size"],
                                                      frame["original_size"])
         boxes, scores, labels = merge_detections_xyxy(*_inside(boxes, scores, labels), None)
         return [frame_detections(position, frame, boxes, scores, labels)]

@@ -228,24 +228,13 @@ def export_saved_model(
 
 
 def restore_for_export(config, checkpoint):
-    """Builds `config.model` and restores it from a model directory or checkpoint prefix.
+    """Builds `config.model` and restores it (`checkpointing.restore`): every
+    variable of the model must come from the checkpoint, so a model that does not
+    match it (another config) fails here, not in serving. Returns `(model, prefix)`."""
+    from stmn_tf.training.checkpointing import CheckpointMismatchError
+    from stmn_tf.training.checkpointing import restore_model
 
-    Checkpoints are `tf.train.Checkpoint(model=model, ...)` (train.py). Unlike a
-    training restore, every variable of the model must come from the checkpoint:
-    a model that does not match it (another config) fails here, not in serving.
-    """
-    from stmn_tf.configs import find_checkpoint
-    from stmn_tf.models.builders import build_model
-
-    model = build_model(config.model)
-    prefix = find_checkpoint(checkpoint)
-    status = tf.train.Checkpoint(model=model).read(prefix)
     try:
-        status.assert_existing_objects_matched()
-    except AssertionError as e:
-        raise ExportError(
-            f"checkpoint {prefix} does not match the model of this config "
-            f"(model.type={config.model.type!r}): {e}"
-        ) from e
-    status.expect_partial()  # the optimizer and step are not exported
-    return model, prefix
+        return restore_model(config, checkpoint)
+    except CheckpointMismatchError as e:
+        raise ExportError(f"checkpoint {e}") from e

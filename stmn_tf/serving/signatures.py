@@ -91,18 +91,12 @@ class DetectorServingModule:
     def preprocess_frame(self, frame):
         """uint8 `[H, W, 3]` -> (float32 `[Hp, Wp, 3]` in [0, 255], float32 `[2]` box scale).
 
-        The training pipeline's resize and padding (`pipeline._decode_frames`); the box
+        The training pipeline's resize and padding (`pipeline.resize_and_pad`); the box
         scale `[Hp / h, Wp / w]` (h, w the resized size) maps boxes normalised to the
         padded canvas to boxes normalised to the frame.
         """
-        shape = tf.shape(frame)
-        new_h, new_w = pipeline.resized_size(shape[0], shape[1], self._image_size)
-        image = tf.image.resize(frame, tf.stack([new_h, new_w]), method="bilinear")
-        pad_h, pad_w = self.padded_size
-        image = tf.image.pad_to_bounding_box(image, 0, 0, pad_h, pad_w)
-        scale = tf.cast(tf.stack([pad_h, pad_w]), tf.float32) / tf.cast(
-            tf.stack([new_h, new_w]), tf.float32
-        )
+        image, resized = pipeline.resize_and_pad(frame, self._image_size)
+        scale = tf.cast(tf.stack(self.padded_size), tf.float32) / tf.cast(resized, tf.float32)
         return image, scale
 
     def preprocess(self, frames):
