@@ -67,7 +67,7 @@ class TrainConfig(hyperparams.Config):
 
 @dataclasses.dataclass
 class EvalConfig(hyperparams.Config):
-    """Test-time procedure (DESIGN.md §2): stride-`stride` sub-sequences, sliding
+    """Test-time procedure (paper Secs. 3.4 and 4): stride-`stride` sub-sequences, sliding
     windows of `window` frames, temporal linking, the ensemble with the static R-FCN."""
 
     window: int = 11

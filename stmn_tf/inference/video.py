@@ -1,5 +1,5 @@
 """Video inference: STMN's test-time sliding windows, streamed, and a forward-only
-online mode (DESIGN.md §2; the schedule itself is in `windows.py`).
+online mode (paper Secs. 3.4 and 4; the schedule is `windows.py`'s).
 
 Both runners take frames one at a time (`push`) and give back each frame's detections
 as soon as they are final, so a video of any length runs in bounded memory; `finish()`
@@ -31,7 +31,7 @@ to map boxes back to the original frame. Outputs are `FrameDetections` dicts wit
   stacked images since everything before the memory is per frame. `cache="images"`
   buffers the padded frames instead (less memory at large sizes, T times the backbone).
 - Batching: windows of the same length are stacked, `batch_windows` per model call.
-  For a static R-FCN this is exact. For STMN it is not: BN* (DESIGN.md §2) takes its
+  For a static R-FCN this is exact. For STMN it is not: BN* (paper Sec. 3.2) takes its
   statistics over the whole input tensor, batch included, so windows batched together
   are normalised together; `batch_windows=1` (the config's default) reproduces
   `model.detect` on each window exactly.

@@ -1,4 +1,4 @@
-"""The test-time window schedule of STMN (DESIGN.md §2, Xiao & Lee Sec. 3.4 / 4).
+"""The test-time window schedule of STMN (Xiao & Lee Sec. 3.4 / 4).
 
 A video's frames are split into `stride` interleaved sub-sequences (frames i, i + stride,
 i + 2 * stride, ...), as at training time where clips sample 1 frame in 10; windows of

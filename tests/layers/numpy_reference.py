@@ -1,6 +1,6 @@
 """Independent NumPy references of the paper's equations, for the tests only.
 
-Written from DESIGN.md §2 (the authors' version of Eqs. 1-5), with plain loops where
+Written from the authors' version of Eqs. 1-5, with plain loops where
 that makes them easy to check by eye; none of stmn_tf's code is used.
 """
 
@@ -65,7 +65,7 @@ def match_trans(features, prev_features, prev_memory, k):
 
 def stmm_step(weights, features, prev_features, memory, *, k, align, scale=1.0,
               std_multiplier=3.0, gru=False):
-    """DESIGN.md §2's STMM step (or the ConvGRU step when `gru`).
+    """The authors' STMM step (or the ConvGRU step when `gru`).
 
     weights: dict with kernels w, z_w, r_w, u, z_u, r_u and biases b_w, b_z, b_r.
     Returns (new memory, z, r).
