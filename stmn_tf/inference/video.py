@@ -1,5 +1,5 @@
 """Video inference: STMN's test-time sliding windows, streamed, and a forward-only
-online mode (paper Secs. 3.4 and 4; the schedule is `windows.py`'s).
+online mode (paper Secs. 3.4 and 4).
 
 Both runners take frames one at a time (`push`) and give back each frame's detections
 as soon as they are final, so a video of any length runs in bounded memory; `finish()`
@@ -13,9 +13,14 @@ to map boxes back to the original frame. Outputs are `FrameDetections` dicts wit
 `WindowedVideoDetector` (the paper's test procedure):
 
 - Frames are split into `stride` interleaved sub-sequences (frame p goes to p % stride),
-  and windows of T frames slide over each with `step` (`windows.video_windows`); a frame
-  collects the detections of every window that covers it, concatenated by window start
-  and then merged by per-class NMS (`merge_iou`; None keeps the plain union).
+  and windows of T frames slide over each with `step`; a frame collects the detections
+  of every window that covers it, concatenated by window start and then merged by
+  per-class NMS (`merge_iou`; None keeps the plain union). The paper only says "we
+  slide the testing window and detect on all frames within each sliding window"; the
+  authors' code (`ImageDetect:detect_VID_CENTER_OVERLAP`, their default for STMN)
+  slides by one frame, the default `step=1`. Whatever the step, the last window of a
+  sub-sequence ends at its end, and a sub-sequence shorter than T is one window of its
+  own (as in the authors' code).
 - Streaming: a window is run as soon as its last frame has arrived; the windows that
   depend on the video's length (the last, end-aligned window of each sub-sequence, or
   the single short window of a sub-sequence shorter than T) are run by `finish()`. A

@@ -70,6 +70,10 @@ class GatedConvCell(keras.layers.Layer):
     State: `[memory [B, H, W, filters], prev_features [B, H, W, C]]`.
     """
 
+    # The constructor arguments, in order; the recurrent layers expose them too.
+    ARGUMENTS = ("filters", "kernel_size", "k", "align", "input_scale", "implementation",
+                 "kernel_initializer", "recurrent_initializer", "bias_initializer")
+
     def __init__(
         self,
         filters,
@@ -228,18 +232,16 @@ class GatedConvCell(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "k": self.k,
-                "align": self.align,
-                "input_scale": self.input_scale,
-                "implementation": self.implementation,
-                **serialized_initializers(self),
-            }
-        )
+        config.update(serialized_arguments(self, GatedConvCell.ARGUMENTS))
         return config
+
+
+def serialized_arguments(layer, names):
+    """`{name: value}` of a layer's constructor arguments, initializers serialised."""
+    config = {name: getattr(layer, name) for name in names}
+    config.update({name: serialized_initializers(layer)[name] for name in names
+                   if name.endswith("_initializer")})
+    return config
 
 
 def serialized_initializers(layer):
@@ -264,6 +266,9 @@ class GatedConvRNN(keras.layers.RNN):
             go_backwards=go_backwards,
             **kwargs,
         )
+        # The cell's arguments, readable on the layer as on the cell (`STMM(8).k`).
+        for name in cell.ARGUMENTS:
+            setattr(self, name, getattr(cell, name))
         # Clips are whole sequences; masks are not supported.
         self.supports_masking = False
         self.input_spec = keras.layers.InputSpec(ndim=5)

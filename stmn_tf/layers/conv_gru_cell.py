@@ -59,31 +59,12 @@ class ConvGRUCell(GatedConvCell):
     ```
     """
 
-    def __init__(
-        self,
-        filters,
-        kernel_size=3,
-        k=2,
-        align=False,
-        input_scale=1.0,
-        implementation="auto",
-        kernel_initializer="glorot_uniform",
-        recurrent_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        **kwargs,
-    ):
-        super().__init__(
-            filters,
-            kernel_size=kernel_size,
-            k=k,
-            align=align,
-            input_scale=input_scale,
-            implementation=implementation,
-            kernel_initializer=kernel_initializer,
-            recurrent_initializer=recurrent_initializer,
-            bias_initializer=bias_initializer,
-            **kwargs,
-        )
+    def __init__(self, filters, kernel_size=3, k=2, align=False, input_scale=1.0,
+                 implementation="auto", kernel_initializer="glorot_uniform",
+                 recurrent_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+        # Only the default of `align` differs from the base (Ballas et al. do not align).
+        super().__init__(filters, kernel_size, k, align, input_scale, implementation,
+                         kernel_initializer, recurrent_initializer, bias_initializer, **kwargs)
 
     def _gate(self, x):
         return keras.ops.sigmoid(x)

@@ -64,51 +64,11 @@ class STMM(GatedConvRNN):
     ```
     """
 
-    def __init__(
-        self,
-        filters,
-        kernel_size=3,
-        k=2,
-        align=True,
-        std_multiplier=3.0,
-        input_scale=1.0,
-        implementation="auto",
-        kernel_initializer="glorot_uniform",
-        recurrent_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        return_sequences=True,
-        return_state=False,
-        go_backwards=False,
-        **kwargs,
-    ):
-        cell = STMMCell(
-            filters,
-            kernel_size=kernel_size,
-            k=k,
-            align=align,
-            std_multiplier=std_multiplier,
-            input_scale=input_scale,
-            implementation=implementation,
-            kernel_initializer=kernel_initializer,
-            recurrent_initializer=recurrent_initializer,
-            bias_initializer=bias_initializer,
-            dtype=kwargs.get("dtype"),
-            name="stmm_cell",
-        )
-        super().__init__(
-            cell,
-            return_sequences=return_sequences,
-            return_state=return_state,
-            go_backwards=go_backwards,
-            **kwargs,
-        )
-        self.filters = filters
-        self.kernel_size = kernel_size
-        self.k = k
-        self.align = align
-        self.std_multiplier = std_multiplier
-        self.input_scale = input_scale
-        self.implementation = implementation
-        self.kernel_initializer = kernel_initializer
-        self.recurrent_initializer = recurrent_initializer
-        self.bias_initializer = bias_initializer
+    def __init__(self, filters, kernel_size=3, k=2, align=True, std_multiplier=3.0,
+                 input_scale=1.0, implementation="auto", kernel_initializer="glorot_uniform",
+                 recurrent_initializer="glorot_uniform", bias_initializer="zeros",
+                 return_sequences=True, return_state=False, go_backwards=False, **kwargs):
+        cell = STMMCell(filters, kernel_size, k, align, std_multiplier, input_scale,
+                        implementation, kernel_initializer, recurrent_initializer,
+                        bias_initializer, dtype=kwargs.get("dtype"), name="stmm_cell")
+        super().__init__(cell, return_sequences, return_state, go_backwards, **kwargs)

@@ -7,8 +7,8 @@ import tensorflow as tf
 from stmn_tf.inference.video import OnlineVideoDetector
 from stmn_tf.inference.video import WindowedVideoDetector
 from stmn_tf.inference.video import prepared_frame
-from stmn_tf.inference.windows import video_windows
-from stmn_tf.inference.windows import windows_per_frame
+from tests.inference.window_schedule import video_windows
+from tests.inference.window_schedule import windows_per_frame
 from stmn_tf.models.stmn import STMN
 from stmn_tf.ops.box_ops import canvas_yxyx_to_frame_xyxy
 from tests.models.synthetic import TINY_RFCN_KWARGS
