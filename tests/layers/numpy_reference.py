@@ -125,3 +125,14 @@ def set_cell_weights(cell, weights):
         conv.bias.assign(weights["b_" + name[0]])
     for name in ("u", "z_u", "r_u"):
         getattr(cell, "conv_" + name).kernel.assign(weights[name])
+
+
+def build_in_mixed_float16(build):
+    """`build()` under the mixed_float16 dtype policy, which is then set back."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        return build()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
