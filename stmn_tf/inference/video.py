@@ -46,8 +46,9 @@ to map boxes back to the original frame. Outputs are `FrameDetections` dicts wit
 `OnlineVideoDetector` (forward-only, for streams): the STMN memory carried from frame to
 frame, one memory per sub-sequence (`stride` of them, frame p updates memory p % stride,
 so that the memory sees frames as far apart as in training; stride 1 = every frame).
-It steps the model's memory cells (`STMN.memory_cells()`, `GatedConvCell.step`) on each
-frame's `F_t`:
+It calls the model's `step(frame, state)` (`TwoStageDetector.step`, the one causal
+frame-by-frame path, which the `stream` serving signature runs too), one state per
+sub-sequence, starting from `initial_state`:
 
 - a forward-direction STMN (`memory_direction="forward"`) then gives exactly what the
   model computes over the whole sub-sequence (`model.detect` on the clip);

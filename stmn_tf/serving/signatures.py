@@ -30,7 +30,8 @@ A bidirectional STMN's backward memory at frame t then sees frame t alone (its f
 step), so the stream's answer for frame t equals the exported model's answer for the
 last frame of the clip 1..t: the model run causally, as a forward-only model over the
 clip. A model trained with `memory.direction: forward` streams exactly its clip
-answers.
+answers. The signature is the model's `step` (`TwoStageDetector.step`), the one
+causal path, which `stmn_tf.inference.video.OnlineVideoDetector` runs too.
 """
 
 import tensorflow as tf
