@@ -44,11 +44,12 @@ def main(argv=None):
     from stmn_tf import configs
     from stmn_tf.inference import detect_video
     from stmn_tf.inference.frames import open_frame_source
+    from stmn_tf.training.checkpointing import restore_model
 
     try:
         config = configs.load_config(args.config, args.params_override)
         open_frame_source(args.input)  # fails fast, before the model is built
-        model = configs.restore_model(config, args.checkpoint)
+        model, _ = restore_model(config, args.checkpoint)
         result = detect_video.detect_video(
             config, model, args.input, args.output_dir, json_path=args.json,
             video_path=args.video, saliency=args.saliency, window=args.window,

@@ -52,6 +52,7 @@ def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from stmn_tf import configs
+    from stmn_tf.data import synthetic
     from stmn_tf.evaluation import run
 
     try:
@@ -59,7 +60,7 @@ def main(argv=None):
     except configs.ConfigError as e:
         sys.exit(f"evaluate.py: {e}")
     if not args.data:
-        config = configs.resolve_synthetic_data(config)
+        config = synthetic.resolve_synthetic_data(config)
     try:
         results = run.evaluate_checkpoints(
             config, args.checkpoint, args.static_checkpoint, data=args.data, window=args.window,

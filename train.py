@@ -43,13 +43,14 @@ def main(argv=None):
     distribution.configure_cpu_replicas(args.cpu_replicas)
 
     from stmn_tf import configs
+    from stmn_tf.data import synthetic
     from stmn_tf.training import trainer
 
     try:
         config = configs.load_config(args.config, args.params_override)
     except configs.ConfigError as e:
         sys.exit(f"train.py: {e}")
-    config = configs.resolve_synthetic_data(config)
+    config = synthetic.resolve_synthetic_data(config)
     strategy = distribution.select_strategy(args.strategy)
     try:
         trainer.train(config, args.model_dir, steps=args.steps, strategy=strategy,

@@ -82,7 +82,7 @@ def tiny_stmn_step_share(directory, steps):
     config.synthetic_data_dir = directory
     config.train_data.synthetic.override({"num_train_videos": 24, "num_val_videos": 2,
                                           "num_test_videos": 2})
-    config = configs.resolve_synthetic_data(config)
+    config = synthetic.resolve_synthetic_data(config)
     strategy = tf.distribute.get_strategy()
     state = trainer.TrainingState(config, strategy)
     step = trainer.make_train_step(state, strategy,

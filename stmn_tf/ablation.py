@@ -34,15 +34,14 @@ from stmn_tf.demo import RFCN_CONFIG
 from stmn_tf.demo import RFCN_STEPS
 from stmn_tf.demo import Demo
 from stmn_tf.demo import shown_command
+from stmn_tf.variants import VARIANTS as TABLE2
 
-# Table 2's columns, in the paper's order (best first).
-VARIANTS = ("stmn", "stmn_no_matchtrans", "convgru_pretrain", "convgru_freshfc")
-LABELS = {"rfcn": "static R-FCN", "stmn": "STMN", "stmn_no_matchtrans": "STMN-No-MatchTrans",
-          "convgru_pretrain": "ConvGRU-Pretrain", "convgru_freshfc": "ConvGRU-FreshFC"}
+# Table 2's columns, in the paper's order (best first), from the one table of them.
+VARIANTS = tuple(TABLE2)
+LABELS = {"rfcn": "static R-FCN", **{name: v.label for name, v in TABLE2.items()}}
 # Table 2: test mAP on ImageNet VID, Fast R-CNN on VGG-16 (as fractions, like
 # evaluate.py's JSON). The paper gives no static detector in this table.
-PAPER_TABLE2 = {"stmn": 0.507, "stmn_no_matchtrans": 0.490, "convgru_pretrain": 0.480,
-                "convgru_freshfc": 0.448}
+PAPER_TABLE2 = {name: v.paper_map for name, v in TABLE2.items()}
 SEEDS = (0, 1)
 # Every variant's budget: a quarter of make demo's STMN stage, so that the 8 runs
 # (4 variants x 2 seeds) and their evaluations take about 30 minutes on 2 cores.

@@ -13,7 +13,6 @@ command-line override ("a.b=1,c.d=x"). The plain dict `DEFAULTS` maps each named
 default to the function that builds it (no registration by import side effect).
 """
 
-import copy
 import dataclasses
 import os
 import re
@@ -68,7 +67,7 @@ class TrainConfig(hyperparams.Config):
 
 @dataclasses.dataclass
 class EvalConfig(hyperparams.Config):
-    """Test-time procedure (DESIGN.md §2): stride-`stride` sub-sequences, sliding
+    """Test-time procedure (paper Secs. 3.4 and 4): stride-`stride` sub-sequences, sliding
     windows of `window` frames, temporal linking, the ensemble with the static R-FCN."""
 
     window: int = 11
@@ -353,93 +352,3 @@ def save_config(config, path):
     with open(temporary, "w") as f:
         yaml.safe_dump(config.as_dict(), f, sort_keys=False)
     os.replace(temporary, path)
-
-
-SYNTHETIC_DIR_PLACEHOLDER = "{synthetic_data_dir}"
-
-
-def resolve_synthetic_data(config, root=None):
-    """Generates the synthetic data set when the experiment uses it and it is missing.
-
-    Input paths may start with "{synthetic_data_dir}" (the synthetic configs' do), so
-    that overriding `synthetic_data_dir` moves them too. Relative paths are taken
-    relative to `root` (the current directory by default). The eval pipeline gets the
-    train pipeline's `synthetic` parameters, since one data set is generated from
-    them. Returns the config with absolute input paths; calling it again is a no-op.
-    """
-    root = root or os.getcwd()
-    directory = config.synthetic_data_dir
-    if directory and not os.path.isabs(directory):
-        directory = os.path.join(root, directory)
-    for data in (config.train_data, config.eval_data):
-        for field in ("input_path", "det_input_path"):
-            value = getattr(data, field)
-            if SYNTHETIC_DIR_PLACEHOLDER in value:
-                if not directory:
-                    raise ConfigError(f"{field} {value!r} uses {SYNTHETIC_DIR_PLACEHOLDER} "
-                                      "but synthetic_data_dir is empty")
-                value = value.replace(SYNTHETIC_DIR_PLACEHOLDER, directory)
-            patterns = [p.strip() for p in value.split(",") if p.strip()]
-            value = ",".join(p if os.path.isabs(p) or "://" in p else os.path.join(root, p)
-                             for p in patterns)
-            setattr(data, field, value)
-    if not directory:
-        return config
-    from stmn_tf.data import synthetic  # imports TensorFlow: only when needed
-
-    config.synthetic_data_dir = directory
-    config.eval_data.synthetic = copy.deepcopy(config.train_data.synthetic)
-    synthetic.ensure_synthetic_dataset(directory, config.train_data.synthetic, quiet=False)
-    return config
-
-
-def find_checkpoint(path):
-    """A checkpoint prefix from a model directory (its latest) or a prefix itself."""
-    import tensorflow as tf
-
-    if os.path.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise FileNotFoundError(f"no checkpoint in {path}")
-        return latest
-    if tf.io.gfile.exists(path + ".index"):
-        return path
-    raise FileNotFoundError(f"{path} is neither a model directory nor a checkpoint prefix")
-
-
-def restore_model(config, checkpoint, model=None):
-    """Builds `config.model` (unless `model` is given) and restores its weights.
-
-    Args:
-        config: ExperimentConfig (or its ModelConfig).
-        checkpoint: a model directory (its latest checkpoint) or a checkpoint prefix,
-            as train.py writes them: `tf.train.Checkpoint(model=model, optimizer, step)`.
-            The optimizer and step in them are ignored.
-        model: optional detector to restore into (built here when not yet built).
-
-    Returns:
-        the detector, every variable restored.
-
-    Raises:
-        FileNotFoundError: no checkpoint at `checkpoint`.
-        ValueError: the checkpoint is not one of this model config (a variable of
-            the model has no value in it, or a shape differs).
-    """
-    import tensorflow as tf
-
-    from stmn_tf.models.builders import build_model
-
-    model_config = getattr(config, "model", config)
-    model = model if model is not None else build_model(model_config)
-    if not model.built or not model.weights:
-        # Variables are created on the first call; a restore before that would be
-        # deferred and silently leave the weights fresh.
-        model({"images": tf.zeros([1, 1, 32, 32, 3])})
-    prefix = find_checkpoint(checkpoint)
-    try:
-        tf.train.Checkpoint(model=model).restore(prefix).expect_partial() \
-            .assert_existing_objects_matched()
-    except (AssertionError, ValueError) as e:
-        raise ValueError(f"{prefix} does not match the {model_config.type!r} model of this "
-                         f"config: {e}") from e
-    return model

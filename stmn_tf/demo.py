@@ -145,12 +145,13 @@ def _write_test_video(demo):
     """The frames of the first test video with objects in it (some are empty) as PNG
     files, since detect.py reads folders of frames."""
     from stmn_tf import configs
+    from stmn_tf.data import synthetic
     from stmn_tf.evaluation import run as eval_run
 
     import cv2
 
     config = configs.load_config(STMN_CONFIG)
-    configs.resolve_synthetic_data(config, root=REPO)
+    synthetic.resolve_synthetic_data(config, root=REPO)
     video_id, frames, chosen = None, [], None
     for current, frame in eval_run.eval_frames(config.eval_data):
         if current != video_id:

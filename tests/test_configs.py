@@ -6,6 +6,7 @@ import os
 import pytest
 
 from stmn_tf import configs
+from stmn_tf.data import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,12 +77,12 @@ def test_synthetic_paths_follow_the_data_dir_override(tmp_path, monkeypatch):
                         lambda directory, config, quiet=True: None)
     config = configs.load_config(os.path.join(REPO, "configs", "synthetic_tiny_stmn.yaml"),
                                  f"synthetic_data_dir=elsewhere,train_data.synthetic.num_train_videos=3")
-    config = configs.resolve_synthetic_data(config, root=str(tmp_path))
+    config = synthetic.resolve_synthetic_data(config, root=str(tmp_path))
     assert config.synthetic_data_dir == str(tmp_path / "elsewhere")
     assert config.train_data.input_path == str(tmp_path / "elsewhere" / "train-*-of-*")
     assert config.eval_data.input_path == str(tmp_path / "elsewhere" / "test-*-of-*")
     assert config.eval_data.synthetic.num_train_videos == 3
-    again = configs.resolve_synthetic_data(config, root="/somewhere/else")
+    again = synthetic.resolve_synthetic_data(config, root="/somewhere/else")
     assert again.train_data.input_path == str(tmp_path / "elsewhere" / "train-*-of-*")
 
 

@@ -171,26 +171,50 @@ def _pad_annotations(video, indices, max_boxes):
     }
 
 
+def resize_and_pad(image, image_size_config, original_size=None, flipped=None):
+    """The one resize of the project: training, evaluation, serving and video files.
+
+    Resizes (bilinear, aspect kept, `resized_size`), optionally mirrors, and pads at
+    the bottom and right to `padded_size`. The resized image is mirrored, not the
+    padded canvas, so that x -> 1 - x holds for boxes normalised by the resized size.
+
+    Args:
+        image: uint8 or float RGB `[H, W, 3]`.
+        image_size_config: `ImageSizeConfig`.
+        original_size: optional int32 `[2]` (H, W) to size the resize by (the
+            records' sizes); defaults to the image's shape.
+        flipped: optional bool scalar tensor, mirror left-right.
+
+    Returns:
+        `(image float32 [Hp, Wp, 3] in [0, 255], image_size int32 [2])`, the second the
+        (h, w) of the resized image at the top left of the canvas.
+    """
+    if original_size is None:
+        original_size = tf.shape(image)[:2]
+    pad_h, pad_w = padded_size(image_size_config)
+    new_h, new_w = resized_size(original_size[0], original_size[1], image_size_config)
+    image = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]), method="bilinear")
+    if flipped is not None:
+        image = tf.cond(flipped, lambda: tf.image.flip_left_right(image), lambda: image)
+    return tf.image.pad_to_bounding_box(image, 0, 0, pad_h, pad_w), tf.stack([new_h, new_w])
+
+
 def _decode_frames(encoded, original_size, flipped, image_size_config):
-    """Decodes, resizes (aspect kept), optionally mirrors and pads frames.
+    """Decodes then `resize_and_pad`s frames (all of one size, the first's).
 
     encoded string [T]; original_size int32 [T, 2] -> (images float32 [T, Hp, Wp, 3],
     image_size int32 [T, 2]).
     """
     pad_h, pad_w = padded_size(image_size_config)
-    new_h, new_w = resized_size(original_size[0, 0], original_size[0, 1], image_size_config)
 
     def one(data):
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        image = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear")
-        # Mirror the resized image, not the padded canvas, so that x -> 1 - x holds
-        # for boxes normalised by image_size.
-        image = tf.cond(flipped, lambda: tf.image.flip_left_right(image), lambda: image)
-        return tf.image.pad_to_bounding_box(image, 0, 0, pad_h, pad_w)
+        return resize_and_pad(image, image_size_config, original_size[0], flipped)[0]
 
     images = tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([pad_h, pad_w, 3], tf.float32))
     count = tf.shape(encoded)[0]
-    image_size = tf.tile(tf.stack([new_h, new_w])[None], [count, 1])
+    new_size = tf.stack(resized_size(original_size[0, 0], original_size[0, 1], image_size_config))
+    image_size = tf.tile(new_size[None], [count, 1])
     return images, image_size
 
 

@@ -1,4 +1,4 @@
-"""The on-disk format: one `tf.train.SequenceExample` per video (DESIGN.md §4).
+"""The on-disk format: one `tf.train.SequenceExample` per video.
 
 A DET image is a video of one frame. Keys are those of the TF Object Detection API's
 `seq_example_util.make_sequence_example`, plus `region/track_id`.

@@ -26,6 +26,7 @@ Entry points:
     class_names(config), class_list(config) -> names / (synset, name) pairs, label 1..C.
 """
 
+import copy
 import functools
 import hashlib
 import json
@@ -423,3 +424,39 @@ def ensure_synthetic_dataset(directory, config=None, splits=tuple(SPLITS), worke
             os.replace(temporary, stamp_path)
         patterns[split] = f"{prefix}-*-of-{config.num_shards:05d}"
     return patterns
+
+
+SYNTHETIC_DIR_PLACEHOLDER = "{synthetic_data_dir}"
+
+
+def resolve_synthetic_data(config, root=None):
+    """Generates the synthetic data set when the experiment uses it and it is missing.
+
+    Input paths may start with "{synthetic_data_dir}" (the synthetic configs' do), so
+    that overriding `synthetic_data_dir` moves them too. Relative paths are taken
+    relative to `root` (the current directory by default). The eval pipeline gets the
+    train pipeline's `synthetic` parameters, since one data set is generated from
+    them. Returns the config with absolute input paths; calling it again is a no-op.
+    """
+    root = root or os.getcwd()
+    directory = config.synthetic_data_dir
+    if directory and not os.path.isabs(directory):
+        directory = os.path.join(root, directory)
+    for data in (config.train_data, config.eval_data):
+        for field in ("input_path", "det_input_path"):
+            value = getattr(data, field)
+            if SYNTHETIC_DIR_PLACEHOLDER in value:
+                if not directory:
+                    raise ValueError(f"{field} {value!r} uses {SYNTHETIC_DIR_PLACEHOLDER} "
+                                      "but synthetic_data_dir is empty")
+                value = value.replace(SYNTHETIC_DIR_PLACEHOLDER, directory)
+            patterns = [p.strip() for p in value.split(",") if p.strip()]
+            value = ",".join(p if os.path.isabs(p) or "://" in p else os.path.join(root, p)
+                             for p in patterns)
+            setattr(data, field, value)
+    if not directory:
+        return config
+    config.synthetic_data_dir = directory
+    config.eval_data.synthetic = copy.deepcopy(config.train_data.synthetic)
+    ensure_synthetic_dataset(directory, config.train_data.synthetic, quiet=False)
+    return config

@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from stmn_tf.evaluation import vid_eval
+from stmn_tf.ops import box_ops
 from stmn_tf.inference import postprocess
 from stmn_tf.inference.video import prepared_frame
 
@@ -51,9 +52,7 @@ def eval_frames(data_config, max_videos=None):
             current = video_id
         n = int(element["num_boxes"])
         height, width = (int(s) for s in element["original_size"])
-        yxyx = element["boxes"][:n].astype(np.float64)
-        boxes = np.stack([yxyx[:, 1] * width, yxyx[:, 0] * height, yxyx[:, 3] * width,
-                          yxyx[:, 2] * height], -1).reshape(-1, 4)
+        boxes = box_ops.normalized_yxyx_to_pixel_xyxy(element["boxes"][:n], height, width)
         groundtruth = {"boxes": boxes, "labels": element["labels"][:n].astype(np.int64),
                        "track_ids": element["track_ids"][:n].astype(np.int64),
                        "video_id": video_id, "frame_index": int(element["frame_index"])}
@@ -63,12 +62,12 @@ def eval_frames(data_config, max_videos=None):
 
 
 def _restore(config, checkpoint, model_type=None):
-    from stmn_tf import configs
+    from stmn_tf.training import checkpointing
 
     config = copy.deepcopy(config)
     if model_type:
         config.model.type = model_type
-    return configs.restore_model(config, checkpoint)
+    return checkpointing.restore_model(config, checkpoint)[0]
 
 
 def evaluate_detectors(config, model=None, static_model=None, *, data=None, window=None,
@@ -101,7 +100,7 @@ def evaluate_detectors(config, model=None, static_model=None, *, data=None, wind
     if data:
         data_config.input_path = data
     runners = {}
-    main_name = "stmn" if postprocess.is_memory_model(model) else "rfcn"
+    main_name = "stmn" if model.has_memory else "rfcn"
     if static_model is not None and main_name == "stmn":
         runners["rfcn"] = postprocess.make_runner(static_model, eval_config)
     runners[main_name] = postprocess.make_runner(model, eval_config, online, window, stride,

@@ -27,7 +27,6 @@ from stmn_tf.inference import postprocess
 from stmn_tf.inference.frames import FrameResizer
 from stmn_tf.inference.frames import FrameSourceError
 from stmn_tf.inference.frames import open_frame_source
-from stmn_tf.inference.video import is_memory_model
 from stmn_tf.inference.video import prepared_frame
 
 __all__ = ["FrameSourceError", "detect_video", "draw_detections", "saliency_strip"]
@@ -126,7 +125,7 @@ def detect_video(config, model, input_path, output_dir, *, json_path=None, video
         ValueError: `saliency` with a static R-FCN.
     """
     source = open_frame_source(input_path)
-    if saliency and not is_memory_model(model):
+    if saliency and not model.has_memory:
         raise ValueError("--saliency needs an STMN model: a static R-FCN has no memory")
     linking = linking or config.eval.linking
     if linking not in postprocess.LINKING_CHOICES:
@@ -166,7 +165,7 @@ def detect_video(config, model, input_path, output_dir, *, json_path=None, video
     frames = postprocess.link_video(frames, linking)
 
     result = {"source": input_path, "num_frames": len(frames), "skipped_frames": skipped,
-              "frame_size": list(frame_size), "model": "stmn" if is_memory_model(model) else "rfcn",
+              "frame_size": list(frame_size), "model": "stmn" if model.has_memory else "rfcn",
               "window": window_used, "stride": stride_used, "linking": linking,
               "online": bool(online), "class_names": list(names),
               "frames": [_frame_json(f, names, min_score) for f in frames]}

@@ -160,12 +160,7 @@ class FrameResizer:
         self._resize = tf.function(self._resize_fn, reduce_retracing=True)
 
     def _resize_fn(self, image):
-        shape = tf.shape(image)
-        new_h, new_w = pipeline.resized_size(shape[0], shape[1], self.image_size_config)
-        resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]),
-                                  method="bilinear")
-        padded = tf.image.pad_to_bounding_box(resized, 0, 0, *self.padded_size)
-        return padded, tf.stack([new_h, new_w])
+        return pipeline.resize_and_pad(image, self.image_size_config)
 
     def __call__(self, image):
         image = np.asarray(image)

@@ -13,7 +13,6 @@ Class names (`class_names(config)`), by the first rule that applies:
 from stmn_tf.inference.ensemble import ensemble_detections_xyxy
 from stmn_tf.inference.video import OnlineVideoDetector
 from stmn_tf.inference.video import WindowedVideoDetector
-from stmn_tf.inference.video import is_memory_model
 from stmn_tf.ops.seq_nms import seq_nms_xyxy
 from stmn_tf.ops.tube_linking import viterbi_link_xyxy
 
@@ -71,7 +70,7 @@ def make_runner(model, eval_config, online=False, window=None, stride=None, step
     window = window or eval_config.window
     stride = stride or eval_config.stride
     if online:
-        return OnlineVideoDetector(model, stride=stride if is_memory_model(model) else 1)
+        return OnlineVideoDetector(model, stride=stride if model.has_memory else 1)
     return WindowedVideoDetector(model, window_length=window, stride=stride,
                                  step=step or eval_config.window_step,
                                  batch_windows=batch_windows or eval_config.batch_windows,

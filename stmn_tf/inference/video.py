@@ -1,5 +1,5 @@
 """Video inference: STMN's test-time sliding windows, streamed, and a forward-only
-online mode (DESIGN.md §2; the schedule itself is in `windows.py`).
+online mode (paper Secs. 3.4 and 4).
 
 Both runners take frames one at a time (`push`) and give back each frame's detections
 as soon as they are final, so a video of any length runs in bounded memory; `finish()`
@@ -13,9 +13,14 @@ to map boxes back to the original frame. Outputs are `FrameDetections` dicts wit
 `WindowedVideoDetector` (the paper's test procedure):
 
 - Frames are split into `stride` interleaved sub-sequences (frame p goes to p % stride),
-  and windows of T frames slide over each with `step` (`windows.video_windows`); a frame
-  collects the detections of every window that covers it, concatenated by window start
-  and then merged by per-class NMS (`merge_iou`; None keeps the plain union).
+  and windows of T frames slide over each with `step`; a frame collects the detections
+  of every window that covers it, concatenated by window start and then merged by
+  per-class NMS (`merge_iou`; None keeps the plain union). The paper only says "we
+  slide the testing window and detect on all frames within each sliding window"; the
+  authors' code (`ImageDetect:detect_VID_CENTER_OVERLAP`, their default for STMN)
+  slides by one frame, the default `step=1`. Whatever the step, the last window of a
+  sub-sequence ends at its end, and a sub-sequence shorter than T is one window of its
+  own (as in the authors' code).
 - Streaming: a window is run as soon as its last frame has arrived; the windows that
   depend on the video's length (the last, end-aligned window of each sub-sequence, or
   the single short window of a sub-sequence shorter than T) are run by `finish()`. A
@@ -31,7 +36,7 @@ to map boxes back to the original frame. Outputs are `FrameDetections` dicts wit
   stacked images since everything before the memory is per frame. `cache="images"`
   buffers the padded frames instead (less memory at large sizes, T times the backbone).
 - Batching: windows of the same length are stacked, `batch_windows` per model call.
-  For a static R-FCN this is exact. For STMN it is not: BN* (DESIGN.md §2) takes its
+  For a static R-FCN this is exact. For STMN it is not: BN* (paper Sec. 3.2) takes its
   statistics over the whole input tensor, batch included, so windows batched together
   are normalised together; `batch_windows=1` (the config's default) reproduces
   `model.detect` on each window exactly.
@@ -41,8 +46,9 @@ to map boxes back to the original frame. Outputs are `FrameDetections` dicts wit
 `OnlineVideoDetector` (forward-only, for streams): the STMN memory carried from frame to
 frame, one memory per sub-sequence (`stride` of them, frame p updates memory p % stride,
 so that the memory sees frames as far apart as in training; stride 1 = every frame).
-It steps the model's memory cells (`STMN.memory_cells()`, `GatedConvCell.step`) on each
-frame's `F_t`:
+It calls the model's `step(frame, state)` (`TwoStageDetector.step`, the one causal
+frame-by-frame path, which the `stream` serving signature runs too), one state per
+sub-sequence, starting from `initial_state`:
 
 - a forward-direction STMN (`memory_direction="forward"`) then gives exactly what the
   model computes over the whole sub-sequence (`model.detect` on the clip);
@@ -54,6 +60,7 @@ frame's `F_t`:
 import numpy as np
 import tensorflow as tf
 
+from stmn_tf.ops import box_ops
 from stmn_tf.ops.seq_nms import nms_xyxy
 
 CACHES = ("features", "images")
@@ -73,30 +80,6 @@ def prepared_frame(image, image_size, original_size, frame_index, **meta):
     return PreparedFrame(image=image, image_size=tuple(int(s) for s in image_size),
                          original_size=tuple(int(s) for s in original_size),
                          frame_index=int(frame_index), meta=meta)
-
-
-def boxes_yxyx_normalized_to_xyxy_pixels(boxes, padded_size, image_size, original_size):
-    """Model boxes -> pixel boxes in the original frame.
-
-    The detectors normalise boxes by their input tensor (the padded canvas); the frame
-    sits at its top left resized to `image_size`, which keeps the aspect ratio of
-    `original_size`. Coordinates are continuous, as the eval pipeline's ground truth
-    (normalised box times original size).
-
-    Args:
-        boxes: `[N, 4]` normalised ymin, xmin, ymax, xmax.
-        padded_size, image_size, original_size: (height, width) each.
-
-    Returns:
-        `[N, 4]` float64 xmin, ymin, xmax, ymax pixels, clipped to the frame.
-    """
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    sy = padded_size[0] * original_size[0] / image_size[0]
-    sx = padded_size[1] * original_size[1] / image_size[1]
-    xyxy = np.stack([boxes[:, 1] * sx, boxes[:, 0] * sy, boxes[:, 3] * sx, boxes[:, 2] * sy], -1)
-    # The padding is not part of the frame.
-    height, width = original_size
-    return np.clip(xyxy, 0.0, [width, height, width, height])
 
 
 def _inside(boxes, scores, labels):
@@ -126,11 +109,6 @@ def _unpack(outputs, b, t):
     n = int(outputs["num_detections"][b, t])
     return (outputs["detection_boxes"][b, t, :n], outputs["detection_scores"][b, t, :n],
             outputs["detection_classes"][b, t, :n])
-
-
-def is_memory_model(model):
-    """True for a detector with a temporal memory (STMN), False for a static R-FCN."""
-    return hasattr(model, "memory_cells")
 
 
 class ModelWindowAdapter:
@@ -192,7 +170,7 @@ class WindowedVideoDetector:
     def __init__(self, detector, window_length=11, stride=10, step=1, batch_windows=1,
                  merge_iou=0.3, cache="features"):
         if hasattr(detector, "detect_from_features"):
-            if not is_memory_model(detector):
+            if not detector.has_memory:
                 window_length, stride = 1, 1  # R-FCN: per frame
             detector = ModelWindowAdapter(detector, cache)
         for name, value in (("window_length", window_length), ("stride", stride),
@@ -317,7 +295,7 @@ class WindowedVideoDetector:
         boxes = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, 4))
         scores = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0)
         labels = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64)
-        boxes = boxes_yxyx_normalized_to_xyxy_pixels(boxes, self._padded_size, frame["image_size"],
+        boxes = box_ops.canvas_yxyx_to_frame_xyxy(boxes, self._padded_size, frame["image_size"],
                                                      frame["original_size"])
         boxes, scores, labels = merge_detections_xyxy(*_inside(boxes, scores, labels), self.merge_iou)
         return frame_detections(position, frame, boxes, scores, labels, len(parts))
@@ -339,23 +317,6 @@ def frame_detections(position, frame, boxes, scores, labels, num_windows=1):
 # Online (forward-only) mode.
 
 
-def detect_from_head_input(model, features, head_input, image_size):
-    """`detect_from_features` with the memory's output given instead of computed.
-
-    The model has no public hook for this (the memory runs inside `head_features`);
-    this follows `TwoStageDetector.detect_from_features` step by step.
-
-    Args:
-        features: `[B, T, h, w, C]` `F_t` (the RPN reads them).
-        head_input: `[B, T, h, w, C_head]` (the memory).
-        image_size: `[2]` the input tensor's height and width.
-    """
-    shape = tf.shape(features)
-    _, _, _, rois, valid = model._first_stage({"proposals": None}, features, image_size, False)
-    class_logits, box_deltas = model.rfcn_head(model._flatten(head_input), rois, image_size)
-    return model._postprocess(class_logits, box_deltas, rois, valid, shape[0], shape[1])
-
-
 class OnlineVideoDetector:
     """Forward-only detection, frame by frame, memory carried over (module docstring).
 
@@ -372,50 +333,25 @@ class OnlineVideoDetector:
             raise ValueError(f"stride must be >= 1, got {stride}")
         self.model = model
         self.stride = stride
-        self._memory_model = is_memory_model(model)
-        self._step = tf.function(self._step_fn, reduce_retracing=True)
-        self._static = tf.function(lambda images: model.detect(images), reduce_retracing=True)
+        self._step = tf.function(model.step, reduce_retracing=True)
         self.reset()
 
     def reset(self):
         self._count = 0
-        self._states = {}  # sub-sequence -> (memory [1, h, w, D], F_{t-1} [1, h, w, C])
-
-    def _step_fn(self, images, memory, prev_features):
-        """images `[1, Hp, Wp, 3]`; memory / prev_features None at a sub-sequence's start."""
-        features = self.model.extract_features(images[:, None])  # [1, 1, h, w, C]
-        current = features[:, 0]
-        cells = self.model.memory_cells()
-        forward = cells[0]
-        if memory is None:  # the paper's first step: zero memory, F_{t-1} = F_t
-            shape = tf.shape(current)
-            memory = tf.zeros(tf.stack([shape[0], shape[1], shape[2], forward.filters]), current.dtype)
-            prev_features = current
-        memory = forward.step(current, prev_features, forward.input_projections(current), memory)
-        head = [memory]
-        if len(cells) > 1:  # bidirectional: the backward memory has read this frame only
-            backward = cells[1]
-            zeros = tf.zeros_like(memory[..., :backward.filters])
-            head.append(backward.step(current, current, backward.input_projections(current), zeros))
-        head_input = tf.concat(head, -1)[:, None]  # [1, 1, h, w, 2F]
-        outputs = detect_from_head_input(self.model, features, head_input, tf.shape(images)[1:3])
-        return outputs, memory, current
+        self._states = {}  # sub-sequence -> the model's state after its last frame
 
     def push(self, frame):
         position = self._count
         self._count += 1
         image = np.asarray(frame["image"], np.float32)
-        images = tf.convert_to_tensor(image[None])
-        if self._memory_model:
-            sub = position % self.stride
-            memory, prev = self._states.get(sub, (None, None))
-            outputs, memory, prev = self._step(images, memory, prev)
-            self._states[sub] = (memory, prev)
-        else:
-            outputs = self._static(images[:, None])
-        outputs = {k: v.numpy() for k, v in outputs.items()}
+        sub = position % self.stride
+        state = self._states.get(sub)
+        if state is None:  # a sub-sequence's first frame: the paper's first step
+            state = self.model.initial_state(1, *image.shape[:2])
+        outputs, self._states[sub] = self._step(tf.convert_to_tensor(image[None]), state)
+        outputs = {k: v.numpy()[:, None] for k, v in outputs.items()}  # [1, 1, ...]
         boxes, scores, labels = _unpack(outputs, 0, 0)
-        boxes = boxes_yxyx_normalized_to_xyxy_pixels(boxes, image.shape[:2], frame["image_size"],
+        boxes = box_ops.canvas_yxyx_to_frame_xyxy(boxes, image.shape[:2], frame["image_size"],
                                                      frame["original_size"])
         boxes, scores, labels = merge_detections_xyxy(*_inside(boxes, scores, labels), None)
         return [frame_detections(position, frame, boxes, scores, labels)]

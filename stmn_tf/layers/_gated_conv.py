@@ -70,6 +70,10 @@ class GatedConvCell(keras.layers.Layer):
     State: `[memory [B, H, W, filters], prev_features [B, H, W, C]]`.
     """
 
+    # The constructor arguments, in order; the recurrent layers expose them too.
+    ARGUMENTS = ("filters", "kernel_size", "k", "align", "input_scale", "implementation",
+                 "kernel_initializer", "recurrent_initializer", "bias_initializer")
+
     def __init__(
         self,
         filters,
@@ -228,18 +232,16 @@ class GatedConvCell(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "k": self.k,
-                "align": self.align,
-                "input_scale": self.input_scale,
-                "implementation": self.implementation,
-                **serialized_initializers(self),
-            }
-        )
+        config.update(serialized_arguments(self, GatedConvCell.ARGUMENTS))
         return config
+
+
+def serialized_arguments(layer, names):
+    """`{name: value}` of a layer's constructor arguments, initializers serialised."""
+    config = {name: getattr(layer, name) for name in names}
+    config.update({name: serialized_initializers(layer)[name] for name in names
+                   if name.endswith("_initializer")})
+    return config
 
 
 def serialized_initializers(layer):
@@ -264,6 +266,9 @@ class GatedConvRNN(keras.layers.RNN):
             go_backwards=go_backwards,
             **kwargs,
         )
+        # The cell's arguments, readable on the layer as on the cell (`STMM(8).k`).
+        for name in cell.ARGUMENTS:
+            setattr(self, name, getattr(cell, name))
         # Clips are whole sequences; masks are not supported.
         self.supports_masking = False
         self.input_spec = keras.layers.InputSpec(ndim=5)
@@ -342,6 +347,26 @@ class GatedConvRNN(keras.layers.RNN):
         outputs = keras.ops.moveaxis(outputs, 0, 1)  # [B, T, H, W, filters]
         last_features = sequences[:, 0] if reverse else sequences[:, -1]
         return outputs, memory, last_features
+
+    def step(self, features, state):
+        """One frame of a stream: the memory after it, and the state for the next one.
+
+        What `recur` computes at each frame, for a video that arrives frame by frame.
+        A zero `state` starts a video: zero previous features make MatchTrans keep the
+        (zero) memory, which is the paper's first step.
+
+        Args:
+          features: `[B, H, W, C]`, F_t.
+          state: `[memory [B, H, W, filters], prev_features [B, H, W, C]]`.
+
+        Returns:
+          `(memory, [memory, features])`: M_t `[B, H, W, filters]` and the next state.
+        """
+        memory, prev_features = state
+        memory = self.cell.step(
+            features, prev_features, self.cell.input_projections(features), memory
+        )
+        return memory, [memory, features]
 
     def call(self, sequences, initial_state=None, mask=None, training=False):
         projections = self.cell.input_projections(sequences)  # [B, T, H, W, 3F]

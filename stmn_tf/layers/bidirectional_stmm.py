@@ -3,7 +3,7 @@
 import keras
 
 from stmn_tf.layers._gated_conv import project_inputs
-from stmn_tf.layers._gated_conv import serialized_initializers
+from stmn_tf.layers._gated_conv import serialized_arguments
 from stmn_tf.layers.conv_gru import ConvGRU
 from stmn_tf.layers.stmm import STMM
 
@@ -29,18 +29,10 @@ class BidirectionalSTMM(keras.layers.Layer):
             `2 * filters`. The paper uses 512.
         cell: str. `"stmm"` (STMM, Eqs. 1-4) or `"convgru"` (ConvGRU baseline).
             Defaults to `"stmm"`.
-        kernel_size: int or tuple. Size of the convolutions. Defaults to 3.
-        k: int. MatchTrans window radius. Defaults to 2.
-        align: bool. Align the memories with MatchTrans. Defaults to True.
-        std_multiplier: float. K of BN* (STMM only). Defaults to 3.0.
-        input_scale: float. `s`, multiplying the W convolutions. Defaults to 1.0.
-        implementation: str. MatchTrans implementation, `"auto"`, `"custom_op"` or
-            `"tf"` (use `"tf"` for XLA). Defaults to `"auto"`.
-        kernel_initializer: initializer of W, W_z, W_r. Defaults to
-            `"glorot_uniform"`.
-        recurrent_initializer: initializer of U, U_z, U_r. Defaults to
-            `"glorot_uniform"`.
-        bias_initializer: initializer of the W biases. Defaults to `"zeros"`.
+        kernel_size, k, align, std_multiplier (STMM only), input_scale,
+            implementation, kernel_initializer, recurrent_initializer,
+            bias_initializer: those of `stmn_tf.layers.STMM`, with its defaults,
+            given to both directions (`implementation="tf"` for XLA).
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -60,51 +52,27 @@ class BidirectionalSTMM(keras.layers.Layer):
     ```
     """
 
-    def __init__(
-        self,
-        filters,
-        cell="stmm",
-        kernel_size=3,
-        k=2,
-        align=True,
-        std_multiplier=3.0,
-        input_scale=1.0,
-        implementation="auto",
-        kernel_initializer="glorot_uniform",
-        recurrent_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        **kwargs,
-    ):
+    # The arguments that the two direction layers take as they are.
+    LAYER_ARGUMENTS = ("kernel_size", "k", "align", "input_scale", "implementation",
+                       "kernel_initializer", "recurrent_initializer", "bias_initializer")
+
+    def __init__(self, filters, cell="stmm", kernel_size=3, k=2, align=True, std_multiplier=3.0,
+                 input_scale=1.0, implementation="auto", kernel_initializer="glorot_uniform",
+                 recurrent_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
         self.filters = filters
         self.cell = cell
-        self.kernel_size = kernel_size
-        self.k = k
-        self.align = align
         self.std_multiplier = std_multiplier
-        self.input_scale = input_scale
-        self.implementation = implementation
-        self.kernel_initializer = kernel_initializer
-        self.recurrent_initializer = recurrent_initializer
-        self.bias_initializer = bias_initializer
+        arguments = locals()
+        for name in self.LAYER_ARGUMENTS:
+            setattr(self, name, arguments[name])
         self.input_spec = keras.layers.InputSpec(ndim=5)
 
     def _memory_layer(self, go_backwards, name):
-        kwargs = dict(
-            kernel_size=self.kernel_size,
-            k=self.k,
-            align=self.align,
-            input_scale=self.input_scale,
-            implementation=self.implementation,
-            kernel_initializer=self.kernel_initializer,
-            recurrent_initializer=self.recurrent_initializer,
-            bias_initializer=self.bias_initializer,
-            go_backwards=go_backwards,
-            dtype=self.dtype_policy,
-            name=name,
-        )
+        kwargs = {arg: getattr(self, arg) for arg in self.LAYER_ARGUMENTS}
+        kwargs.update(go_backwards=go_backwards, dtype=self.dtype_policy, name=name)
         if self.cell == "stmm":
             return STMM(self.filters, std_multiplier=self.std_multiplier, **kwargs)
         return ConvGRU(self.filters, **kwargs)
@@ -136,22 +104,35 @@ class BidirectionalSTMM(keras.layers.Layer):
         )
         return keras.ops.concatenate([forward, backward], axis=-1)  # [B,T,H,W,2F]
 
+    def step(self, features, state):
+        """One frame of a stream, causally: the forward memory carried, the backward
+        memory on the current frame alone.
+
+        Online there is no future: the backward memory at frame t of a clip that ends
+        at t has read frame t only (its first step: zero memory, `F_{t-1} = F_t`).
+        So the output for frame t equals `call` on the clip that starts at the
+        state's zero and ends at t, at its last frame.
+
+        Args:
+          features: `[B, H, W, C]`, F_t.
+          state: `[memory [B, H, W, filters], prev_features [B, H, W, C]]` of the
+            forward direction (all zeros start a video, see `GatedConvRNN.step`).
+
+        Returns:
+          `(outputs, state)`: `[B, H, W, 2 * filters]` (forward channels first) and
+          the forward direction's next state.
+        """
+        forward, state = self.forward_layer.step(features, state)
+        backward, _ = self.backward_layer.step(
+            features, [keras.ops.zeros_like(forward), features]
+        )
+        return keras.ops.concatenate([forward, backward], axis=-1), state
+
     def compute_output_shape(self, sequences_shape):
         return tuple(sequences_shape[:-1]) + (2 * self.filters,)
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "filters": self.filters,
-                "cell": self.cell,
-                "kernel_size": self.kernel_size,
-                "k": self.k,
-                "align": self.align,
-                "std_multiplier": self.std_multiplier,
-                "input_scale": self.input_scale,
-                "implementation": self.implementation,
-                **serialized_initializers(self),
-            }
-        )
+        config.update(filters=self.filters, cell=self.cell, std_multiplier=self.std_multiplier)
+        config.update(serialized_arguments(self, self.LAYER_ARGUMENTS))
         return config

@@ -16,18 +16,9 @@ class ConvGRU(GatedConvRNN):
     loop. Masks are not supported.
 
     Args:
-        filters: int. Channels of the memory.
-        kernel_size: int or tuple. Size of the six convolutions. Defaults to 3.
-        k: int. MatchTrans window radius. Defaults to 2.
-        align: bool. Align the memory with MatchTrans. Defaults to False.
-        input_scale: float. `s`, multiplying the W convolutions. Defaults to 1.0.
-        implementation: str. MatchTrans implementation, `"auto"`, `"custom_op"` or
-            `"tf"`. Defaults to `"auto"`.
-        kernel_initializer: initializer of W, W_z, W_r. Defaults to
-            `"glorot_uniform"`.
-        recurrent_initializer: initializer of U, U_z, U_r. Defaults to
-            `"glorot_uniform"`.
-        bias_initializer: initializer of the W biases. Defaults to `"zeros"`.
+        filters, kernel_size, k, align, input_scale, implementation,
+            kernel_initializer, recurrent_initializer, bias_initializer: the cell's,
+            `stmn_tf.layers.ConvGRUCell`, with its defaults (no alignment).
         return_sequences: bool. Return the memory of every frame, else the last.
             Defaults to True.
         return_state: bool. Also return the final state `[memory, last_features]`.
@@ -57,48 +48,11 @@ class ConvGRU(GatedConvRNN):
     ```
     """
 
-    def __init__(
-        self,
-        filters,
-        kernel_size=3,
-        k=2,
-        align=False,
-        input_scale=1.0,
-        implementation="auto",
-        kernel_initializer="glorot_uniform",
-        recurrent_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        return_sequences=True,
-        return_state=False,
-        go_backwards=False,
-        **kwargs,
-    ):
-        cell = ConvGRUCell(
-            filters,
-            kernel_size=kernel_size,
-            k=k,
-            align=align,
-            input_scale=input_scale,
-            implementation=implementation,
-            kernel_initializer=kernel_initializer,
-            recurrent_initializer=recurrent_initializer,
-            bias_initializer=bias_initializer,
-            dtype=kwargs.get("dtype"),
-            name="conv_gru_cell",
-        )
-        super().__init__(
-            cell,
-            return_sequences=return_sequences,
-            return_state=return_state,
-            go_backwards=go_backwards,
-            **kwargs,
-        )
-        self.filters = filters
-        self.kernel_size = kernel_size
-        self.k = k
-        self.align = align
-        self.input_scale = input_scale
-        self.implementation = implementation
-        self.kernel_initializer = kernel_initializer
-        self.recurrent_initializer = recurrent_initializer
-        self.bias_initializer = bias_initializer
+    def __init__(self, filters, kernel_size=3, k=2, align=False, input_scale=1.0,
+                 implementation="auto", kernel_initializer="glorot_uniform",
+                 recurrent_initializer="glorot_uniform", bias_initializer="zeros",
+                 return_sequences=True, return_state=False, go_backwards=False, **kwargs):
+        cell = ConvGRUCell(filters, kernel_size, k, align, input_scale, implementation,
+                           kernel_initializer, recurrent_initializer, bias_initializer,
+                           dtype=kwargs.get("dtype"), name="conv_gru_cell")
+        super().__init__(cell, return_sequences, return_state, go_backwards, **kwargs)

@@ -25,17 +25,10 @@ class ConvGRUCell(GatedConvCell):
     Args:
         filters: int. Channels of the memory.
         kernel_size: int or tuple. Size of the six convolutions. Defaults to 3.
-        k: int. MatchTrans window radius. Defaults to 2.
         align: bool. Align the memory with MatchTrans. Defaults to False (Ballas et
             al. have no alignment).
-        input_scale: float. `s`. Defaults to 1.0.
-        implementation: str. MatchTrans implementation, `"auto"`, `"custom_op"` or
-            `"tf"`. Defaults to `"auto"`.
-        kernel_initializer: initializer of W, W_z, W_r. Defaults to
-            `"glorot_uniform"`.
-        recurrent_initializer: initializer of U, U_z, U_r. Defaults to
-            `"glorot_uniform"`.
-        bias_initializer: initializer of the W biases. Defaults to `"zeros"`.
+        k, input_scale, implementation, kernel_initializer, recurrent_initializer,
+            bias_initializer: as in `stmn_tf.layers.STMMCell`, with its defaults.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -59,31 +52,12 @@ class ConvGRUCell(GatedConvCell):
     ```
     """
 
-    def __init__(
-        self,
-        filters,
-        kernel_size=3,
-        k=2,
-        align=False,
-        input_scale=1.0,
-        implementation="auto",
-        kernel_initializer="glorot_uniform",
-        recurrent_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        **kwargs,
-    ):
-        super().__init__(
-            filters,
-            kernel_size=kernel_size,
-            k=k,
-            align=align,
-            input_scale=input_scale,
-            implementation=implementation,
-            kernel_initializer=kernel_initializer,
-            recurrent_initializer=recurrent_initializer,
-            bias_initializer=bias_initializer,
-            **kwargs,
-        )
+    def __init__(self, filters, kernel_size=3, k=2, align=False, input_scale=1.0,
+                 implementation="auto", kernel_initializer="glorot_uniform",
+                 recurrent_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+        # Only the default of `align` differs from the base (Ballas et al. do not align).
+        super().__init__(filters, kernel_size, k, align, input_scale, implementation,
+                         kernel_initializer, recurrent_initializer, bias_initializer, **kwargs)
 
     def _gate(self, x):
         return keras.ops.sigmoid(x)

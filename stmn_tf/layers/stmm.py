@@ -19,19 +19,9 @@ class STMM(GatedConvRNN):
     Masks are not supported.
 
     Args:
-        filters: int. Channels of the memory.
-        kernel_size: int or tuple. Size of the six convolutions. Defaults to 3.
-        k: int. MatchTrans window radius. Defaults to 2.
-        align: bool. Align the memory with MatchTrans. Defaults to True.
-        std_multiplier: float. K of BN*. Defaults to 3.0.
-        input_scale: float. `s`, multiplying the W convolutions. Defaults to 1.0.
-        implementation: str. MatchTrans implementation, `"auto"`, `"custom_op"` or
-            `"tf"` (use `"tf"` for XLA). Defaults to `"auto"`.
-        kernel_initializer: initializer of W, W_z, W_r. Defaults to
-            `"glorot_uniform"`.
-        recurrent_initializer: initializer of U, U_z, U_r. Defaults to
-            `"glorot_uniform"`.
-        bias_initializer: initializer of the W biases. Defaults to `"zeros"`.
+        filters, kernel_size, k, align, std_multiplier, input_scale, implementation,
+            kernel_initializer, recurrent_initializer, bias_initializer: the cell's,
+            `stmn_tf.layers.STMMCell`, with its defaults.
         return_sequences: bool. Return the memory of every frame, else the last.
             Defaults to True.
         return_state: bool. Also return the final state `[memory, last_features]`.
@@ -64,51 +54,11 @@ class STMM(GatedConvRNN):
     ```
     """
 
-    def __init__(
-        self,
-        filters,
-        kernel_size=3,
-        k=2,
-        align=True,
-        std_multiplier=3.0,
-        input_scale=1.0,
-        implementation="auto",
-        kernel_initializer="glorot_uniform",
-        recurrent_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        return_sequences=True,
-        return_state=False,
-        go_backwards=False,
-        **kwargs,
-    ):
-        cell = STMMCell(
-            filters,
-            kernel_size=kernel_size,
-            k=k,
-            align=align,
-            std_multiplier=std_multiplier,
-            input_scale=input_scale,
-            implementation=implementation,
-            kernel_initializer=kernel_initializer,
-            recurrent_initializer=recurrent_initializer,
-            bias_initializer=bias_initializer,
-            dtype=kwargs.get("dtype"),
-            name="stmm_cell",
-        )
-        super().__init__(
-            cell,
-            return_sequences=return_sequences,
-            return_state=return_state,
-            go_backwards=go_backwards,
-            **kwargs,
-        )
-        self.filters = filters
-        self.kernel_size = kernel_size
-        self.k = k
-        self.align = align
-        self.std_multiplier = std_multiplier
-        self.input_scale = input_scale
-        self.implementation = implementation
-        self.kernel_initializer = kernel_initializer
-        self.recurrent_initializer = recurrent_initializer
-        self.bias_initializer = bias_initializer
+    def __init__(self, filters, kernel_size=3, k=2, align=True, std_multiplier=3.0,
+                 input_scale=1.0, implementation="auto", kernel_initializer="glorot_uniform",
+                 recurrent_initializer="glorot_uniform", bias_initializer="zeros",
+                 return_sequences=True, return_state=False, go_backwards=False, **kwargs):
+        cell = STMMCell(filters, kernel_size, k, align, std_multiplier, input_scale,
+                        implementation, kernel_initializer, recurrent_initializer,
+                        bias_initializer, dtype=kwargs.get("dtype"), name="stmm_cell")
+        super().__init__(cell, return_sequences, return_state, go_backwards, **kwargs)

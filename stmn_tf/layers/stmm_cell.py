@@ -71,32 +71,13 @@ class STMMCell(GatedConvCell):
     ```
     """
 
-    def __init__(
-        self,
-        filters,
-        kernel_size=3,
-        k=2,
-        align=True,
-        std_multiplier=3.0,
-        input_scale=1.0,
-        implementation="auto",
-        kernel_initializer="glorot_uniform",
-        recurrent_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        **kwargs,
-    ):
-        super().__init__(
-            filters,
-            kernel_size=kernel_size,
-            k=k,
-            align=align,
-            input_scale=input_scale,
-            implementation=implementation,
-            kernel_initializer=kernel_initializer,
-            recurrent_initializer=recurrent_initializer,
-            bias_initializer=bias_initializer,
-            **kwargs,
-        )
+    ARGUMENTS = GatedConvCell.ARGUMENTS + ("std_multiplier",)
+
+    def __init__(self, filters, kernel_size=3, k=2, align=True, std_multiplier=3.0,
+                 input_scale=1.0, implementation="auto", kernel_initializer="glorot_uniform",
+                 recurrent_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+        super().__init__(filters, kernel_size, k, align, input_scale, implementation,
+                         kernel_initializer, recurrent_initializer, bias_initializer, **kwargs)
         self.std_multiplier = std_multiplier
 
     def _gate(self, x):

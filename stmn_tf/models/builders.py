@@ -3,6 +3,7 @@
 from stmn_tf.models.backbone import resnet_backbone
 from stmn_tf.models.rfcn import RFCN
 from stmn_tf.models.stmn import STMN
+from stmn_tf.variants import get_variant
 
 TINY_BACKBONE = dict(blocks=(1, 1, 1, 1), filters=(8, 16, 32, 64), stem_filters=16)
 
@@ -77,36 +78,22 @@ def build_rfcn(config):
     return RFCN(head_channels=config.head.channels, **detector_kwargs(config))
 
 
-def _build_stmn(config, cell, align):
+def build_stmn(config):
+    """`ModelConfig` -> `STMN`, its cell and alignment from `memory.variant`
+    (`stmn_tf.variants.VARIANTS`, Table 2) unless `memory.cell` / `memory.align` say otherwise."""
     memory = config.memory
+    variant = get_variant(memory.variant)
     return STMN(
         memory_filters=memory.filters,
-        memory_cell=memory.cell if memory.cell is not None else cell,
+        memory_cell=memory.cell if memory.cell is not None else variant.cell,
         memory_k=memory.k,
-        memory_align=memory.align if memory.align is not None else align,
+        memory_align=memory.align if memory.align is not None else variant.align,
         memory_direction=memory.direction,
         memory_input_scale=memory.input_scale,
         memory_std_multiplier=memory.std_multiplier,
         match_trans_implementation=memory.implementation,
         **detector_kwargs(config),
     )
-
-
-# The paper's Table 2. The ConvGRU baselines (Ballas et al.) have no MatchTrans; the
-# two differ only in what the weight transfer copies (detector_transfer.TRANSFER_RULES).
-VARIANT_BUILDERS = {
-    "stmn": lambda config: _build_stmn(config, "stmm", True),
-    "stmn_no_matchtrans": lambda config: _build_stmn(config, "stmm", False),
-    "convgru_pretrain": lambda config: _build_stmn(config, "convgru", False),
-    "convgru_freshfc": lambda config: _build_stmn(config, "convgru", False),
-}
-
-
-def build_stmn(config):
-    variant = config.memory.variant
-    if variant not in VARIANT_BUILDERS:
-        raise ValueError(f"Unknown memory variant {variant!r}; one of {sorted(VARIANT_BUILDERS)}")
-    return VARIANT_BUILDERS[variant](config)
 
 
 MODEL_BUILDERS = {"rfcn": build_rfcn, "stmn": build_stmn}

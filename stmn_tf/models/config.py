@@ -78,7 +78,7 @@ class HeadConfig(hyperparams.Config):
 @dataclasses.dataclass
 class MemoryConfig(hyperparams.Config):
     """STMN's memory. `variant` picks the cell, the alignment and the weight transfer
-    (`builders.VARIANT_BUILDERS`, `detector_transfer.TRANSFER_RULES`); `cell` and
+    (`stmn_tf.variants.VARIANTS`); `cell` and
     `align` override the variant's when set."""
 
     variant: str = "stmn"  # stmn | stmn_no_matchtrans | convgru_pretrain | convgru_freshfc

@@ -185,35 +185,43 @@ class TwoStageDetector(keras.Model):
         shape = tf.shape(x)
         return tf.reshape(x, tf.concat([[batch, time], shape[1:]], axis=0))
 
-    def _anchors(self, features_flat, image_size):
+    def propose(self, features, image_size, proposals=None, training=False):
+        """The first stage: the RPN on `F_t`, per frame.
+
+        Args:
+          features: `[B, T, h, w, C]`, the features `F_t`.
+          image_size: `[2]` int, the input images' height and width in pixels.
+          proposals: optional `[B, T, P, 4]` normalised yxyx external proposals
+            (all-zero rows are padding); they replace the RPN's.
+          training: bool. Chooses the RPN's training or test proposal budget.
+
+        Returns:
+          dict over the N = B * T frames: `rpn_logits` `[N, A]`, `rpn_deltas`
+          `[N, A, 4]`, `anchors` `[A, 4]` normalised yxyx, `rois` `[N, R, 4]`
+          normalised yxyx and `rois_valid` `[N, R]` bool.
+        """
+        features_flat = self._flatten(features)
+        logits, deltas = self.rpn_head(features_flat)
         shape = tf.shape(features_flat)
-        return generate_anchors(
+        anchors = generate_anchors(
             shape[1], shape[2], image_size[0], image_size[1], FEATURE_STRIDE,
             self.anchor_scales, self.anchor_ratios,
         )
-
-    def _proposals(self, inputs, logits, deltas, anchors, training):
-        if isinstance(inputs, dict) and inputs.get("proposals") is not None:
-            proposals = self._flatten(tf.cast(inputs["proposals"], tf.float32))
-            return proposals, box_ops.box_area(proposals) > 0.0
-        boxes, _, valid = generate_proposals(
-            logits,
-            deltas,
-            anchors,
-            self.rpn_pre_nms_top_n_train if training else self.rpn_pre_nms_top_n_test,
-            self.rpn_post_nms_top_n_train if training else self.rpn_post_nms_top_n_test,
-            self.rpn_nms_iou,
-            self.rpn_min_size,
-        )
-        return boxes, valid
-
-    def _first_stage(self, inputs, features, image_size, training):
-        """RPN on `F_t`: `(logits, deltas, anchors, proposals, proposals_valid)`, all per frame."""
-        features_flat = self._flatten(features)
-        logits, deltas = self.rpn_head(features_flat)
-        anchors = self._anchors(features_flat, image_size)
-        proposals, valid = self._proposals(inputs, logits, deltas, anchors, training)
-        return logits, deltas, anchors, proposals, valid
+        if proposals is not None:
+            rois = self._flatten(tf.cast(proposals, tf.float32))
+            valid = box_ops.box_area(rois) > 0.0
+        else:
+            rois, _, valid = generate_proposals(
+                logits,
+                deltas,
+                anchors,
+                self.rpn_pre_nms_top_n_train if training else self.rpn_pre_nms_top_n_test,
+                self.rpn_post_nms_top_n_train if training else self.rpn_post_nms_top_n_test,
+                self.rpn_nms_iou,
+                self.rpn_min_size,
+            )
+        return {"rpn_logits": logits, "rpn_deltas": deltas, "anchors": anchors,
+                "rois": rois, "rois_valid": valid}
 
     # -- training -------------------------------------------------------------
 
@@ -237,18 +245,16 @@ class TwoStageDetector(keras.Model):
         gt_boxes = self._flatten(tf.cast(inputs["boxes"], tf.float32))  # [N, G, 4]
         gt_labels = self._flatten(tf.cast(inputs["labels"], tf.int32))  # [N, G]
         features = self.extract_features(images)  # [B, T, h, w, C]
-        logits, deltas, anchors, proposals, valid = self._first_stage(
-            inputs, features, image_size, training=True
-        )
+        first = self.propose(features, image_size, inputs.get("proposals"), training=True)
         rpn = targets_lib.rpn_targets(
-            anchors, gt_boxes, gt_labels, self.rpn_batch_size, self.rpn_positive_fraction,
-            self.rpn_positive_iou, self.rpn_negative_iou,
+            first["anchors"], gt_boxes, gt_labels, self.rpn_batch_size,
+            self.rpn_positive_fraction, self.rpn_positive_iou, self.rpn_negative_iou,
         )
         rpn_class_loss, rpn_box_loss = losses_lib.rpn_losses(
-            logits, deltas, rpn["labels"], rpn["box_targets"]
+            first["rpn_logits"], first["rpn_deltas"], rpn["labels"], rpn["box_targets"]
         )
         rois = targets_lib.sample_rois(
-            proposals, valid, gt_boxes, gt_labels, self.num_rois, self.foreground_fraction,
+            first["rois"], first["rois_valid"], gt_boxes, gt_labels, self.num_rois, self.foreground_fraction,
             self.foreground_iou, self.background_iou_high, self.background_iou_low,
         )
         head_input = self._flatten(self.head_features(features, training=training))
@@ -266,8 +272,20 @@ class TwoStageDetector(keras.Model):
         result["total_loss"] = tf.add_n(list(result.values()))
         return result
 
-    def compile(self, optimizer="sgd", jit_compile=False, **kwargs):
-        """`keras.Model.compile` with XLA off by default: NMS does not compile with XLA."""
+    def compile(self, optimizer="sgd", weight_decay=0.0, clip_norm=0.0, jit_compile=False,
+                **kwargs):
+        """`keras.Model.compile` with the training step's options; XLA off by default
+        (NMS does not compile with XLA).
+
+        Args:
+          optimizer: a Keras optimizer (or its name).
+          weight_decay: float. L2 on the kernels. Defaults to 0.
+          clip_norm: float. Global gradient-norm clipping, 0 = off. Defaults to 0.
+          jit_compile: bool. Defaults to False.
+          **kwargs: the other `keras.Model.compile` arguments.
+        """
+        self.weight_decay = float(weight_decay)
+        self.clip_norm = float(clip_norm)
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
     @property
@@ -280,19 +298,15 @@ class TwoStageDetector(keras.Model):
         return {name: tracker.result() for name, tracker in self._loss_trackers.items()}
 
     def train_step(self, data):
+        """`fit`'s step: the one of train.py (`stmn_tf.training.step`)."""
+        from stmn_tf.training.step import replica_train_step  # training imports models
+
         inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            losses = self.compute_losses(inputs, training=True)
-            loss = losses["total_loss"]
-            if self.losses:
-                loss = loss + tf.add_n([tf.cast(l, tf.float32) for l in self.losses])
-            scaled = self.optimizer.scale_loss(loss)
-        variables = self.trainable_variables
-        gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(
-            [(g, v) for g, v in zip(gradients, variables) if g is not None]
+        losses = replica_train_step(
+            self, self.optimizer, inputs, getattr(self, "weight_decay", 0.0),
+            getattr(self, "clip_norm", 0.0),
         )
-        return self._report(losses)
+        return self._report({name: losses[name] for name in LOSS_NAMES})
 
     def test_step(self, data):
         inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -301,7 +315,7 @@ class TwoStageDetector(keras.Model):
     # -- inference ------------------------------------------------------------
 
     def detect_from_features(self, features, image_size, proposals=None, training=False):
-        """Runs the RPN (unless `proposals`), the head and the post-processing on `F_t`.
+        """Runs the RPN (unless `proposals`), the head and the decoding on `F_t`.
 
         Args:
           features: `[B, T, h, w, C]` from `extract_features`.
@@ -311,20 +325,55 @@ class TwoStageDetector(keras.Model):
         Returns:
           the `predict_step` dict.
         """
-        shape = tf.shape(features)
-        inputs = {"proposals": proposals}
-        _, _, _, rois, valid = self._first_stage(inputs, features, image_size, training)
-        head_input = self._flatten(self.head_features(features, training=training))
-        class_logits, box_deltas = self.rfcn_head(head_input, rois, image_size)
-        return self._postprocess(class_logits, box_deltas, rois, valid, shape[0], shape[1])
+        head_input = self.head_features(features, training=training)
+        return self.detect_from_head_input(
+            features, head_input, image_size, proposals, training=training
+        )
 
-    def _postprocess(self, class_logits, box_deltas, rois, valid, batch, time):
+    def detect_from_head_input(self, features, head_input, image_size, proposals=None,
+                               training=False):
+        """The RPN on `features`, the R-FCN head on `head_input`, then `decode`.
+
+        Args:
+          features: `[B, T, h, w, C]` `F_t` (the RPN reads them).
+          head_input: `[B, T, h, w, C_head]`, what `head_features` (or `step`'s
+            memory) made of them.
+          image_size: `[2]` int, the input images' height and width in pixels.
+          proposals: optional `[B, T, P, 4]` normalised yxyx, zero rows = padding.
+
+        Returns:
+          the `predict_step` dict.
+        """
+        shape = tf.shape(features)
+        first = self.propose(features, image_size, proposals, training=training)
+        class_logits, box_deltas = self.rfcn_head(
+            self._flatten(head_input), first["rois"], image_size
+        )
+        return self.decode(
+            class_logits, box_deltas, first["rois"], first["rois_valid"], shape[0], shape[1]
+        )
+
+    def decode(self, class_logits, box_deltas, rois, valid, batch, time):
+        """The head's outputs over N = B * T frames -> the `predict_step` dict.
+
+        Softmax scores, class-agnostic boxes decoded from the RoIs, then per-class
+        NMS (R-FCN's test procedure).
+
+        Args:
+          class_logits: `[N, R, C + 1]`, background first.
+          box_deltas: `[N, R, 4]` encoded against the RoIs (`box_ops.HEAD_BOX_WEIGHTS`).
+          rois: `[N, R, 4]` normalised yxyx.
+          valid: `[N, R]` bool, the RoIs that are not padding.
+          batch, time: B and T (N = B * T).
+
+        Returns:
+          the `predict_step` dict.
+        """
         scores = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)[..., 1:]
         scores = scores * tf.cast(valid, tf.float32)[..., None]  # [N, R, C]
         boxes = box_ops.clip_boxes_normalized(
             box_ops.decode_boxes_yxyx(box_deltas, tf.cast(rois, tf.float32), box_ops.HEAD_BOX_WEIGHTS)
         )
-        # Per-class NMS over class-agnostic boxes (R-FCN's test procedure).
         nmsed = tf.image.combined_non_max_suppression(
             boxes[:, :, None, :],
             scores,
@@ -340,6 +389,62 @@ class TwoStageDetector(keras.Model):
             "detection_classes": self._unflatten(tf.cast(nmsed.nmsed_classes, tf.int32) + 1, batch, time),
             "num_detections": tf.reshape(nmsed.valid_detections, [batch, time]),
         }
+
+    # -- online: one frame at a time -------------------------------------------
+
+    has_memory = False  # the one model-kind check: STMN sets it
+
+    def state_shapes(self, image_height, image_width):
+        """`{state key: [h, w, channels]}` of one video's state at this input size.
+
+        Empty for a detector without memory. h, w = the feature map's size (stride 16,
+        `same` padding: ceil(size / 16)).
+        """
+        return {}
+
+    def initial_state(self, batch_size, image_height, image_width):
+        """The state before a video's first frame: zeros, `{key: [B, h, w, channels]}`."""
+        return {
+            key: tf.zeros([batch_size] + shape, tf.float32)
+            for key, shape in self.state_shapes(image_height, image_width).items()
+        }
+
+    def head_features_step(self, features, state):
+        """One frame's head input: `([B, h, w, C_head], next state)` (see `step`)."""
+        return self.head_features(features[:, None])[:, 0], state
+
+    def step(self, inputs, state, training=False):
+        """Detects one frame of a video, online, and returns the state for the next.
+
+        The one place where a video runs causally, frame by frame: the online runner
+        (`stmn_tf.inference.video.OnlineVideoDetector`) and the `stream` serving
+        signature both call it. For STMN see `STMN.head_features_step`.
+
+        Args:
+          inputs: the frames `[B, H, W, 3]` RGB in [0, 255] (or a dict with
+            `images`), or a dict with their `features` `[B, h, w, C]` (from
+            `extract_features`) and `image_size` `[2]` (H, W).
+          state: `initial_state(B, H, W)` before the first frame, then what the
+            previous call returned.
+          training: bool.
+
+        Returns:
+          `(detections, state)`: the `predict_step` dict without its T axis
+          (`detection_boxes` `[B, N, 4]` normalised yxyx, `detection_scores` `[B, N]`,
+          `detection_classes` `[B, N]`, `num_detections` `[B]`) and the next state.
+        """
+        if isinstance(inputs, dict) and "features" in inputs:
+            features = tf.convert_to_tensor(inputs["features"])  # [B, h, w, C]
+            image_size = tf.convert_to_tensor(inputs["image_size"])
+        else:
+            images = tf.convert_to_tensor(inputs["images"] if isinstance(inputs, dict) else inputs)
+            image_size = tf.shape(images)[1:3]
+            features = self.extract_features(images[:, None])[:, 0]  # [B, h, w, C]
+        head_input, state = self.head_features_step(features, state)
+        detections = self.detect_from_head_input(
+            features[:, None], head_input[:, None], image_size, training=training
+        )
+        return {key: value[:, 0] for key, value in detections.items()}, state
 
     def detect(self, inputs, training=False):
         """`inputs` dict (or `images` tensor) -> the `predict_step` dict."""

@@ -1,24 +1,16 @@
-"""Initialising STMN from a trained static R-FCN (paper Sec. 3.2, DESIGN.md §2).
+"""Initialising STMN from a trained static R-FCN (paper Sec. 3.2).
 
 Every layer the two share (backbone, features, RPN, R-FCN head) is copied; the
 R-FCN's 3x3 conv goes into the memory's W, W_z, W_r (output channels [0, F) forward,
 [F, 2F) backward, `weight_transfer.transfer_conv_to_memory`); the U convolutions stay
-fresh. The ablations of Table 2 copy less (`TRANSFER_RULES`): ConvGRU-FreshFC leaves
+fresh. The ablations of Table 2 copy less (`stmn_tf.variants.VARIANTS`): ConvGRU-FreshFC leaves
 the memory and the layers after it (the R-FCN head) freshly initialised.
 """
 
 import numpy as np
 
+from stmn_tf.variants import VARIANTS
 from stmn_tf.models.weight_transfer import transfer_conv_to_memory
-
-# variant -> (copy the 3x3 conv into the memory, copy the R-FCN head)
-TRANSFER_RULES = {
-    "stmn": dict(memory=True, head=True),
-    "stmn_no_matchtrans": dict(memory=True, head=True),
-    "convgru_pretrain": dict(memory=True, head=True),
-    "convgru_freshfc": dict(memory=False, head=False),
-}
-
 
 def _copy_layer(source, target, report):
     if len(source.weights) != len(target.weights):
@@ -58,7 +50,7 @@ def transfer_rfcn_to_stmn(rfcn, stmn, variant="stmn"):
       rfcn: a built `stmn_tf.models.RFCN`.
       stmn: a built `stmn_tf.models.STMN` whose `2 * memory_filters` equals the
         R-FCN's `head_channels`.
-      variant: a key of `TRANSFER_RULES`. Defaults to `"stmn"`.
+      variant: a key of `stmn_tf.variants.VARIANTS`. Defaults to `"stmn"`.
 
     Returns:
       dict: `copied`, a list of `{"source": path, "target": path}` for every
@@ -68,23 +60,23 @@ def transfer_rfcn_to_stmn(rfcn, stmn, variant="stmn"):
     Raises:
       ValueError: on an unknown variant or any shape mismatch.
     """
-    if variant not in TRANSFER_RULES:
-        raise ValueError(f"Unknown variant {variant!r}; one of {sorted(TRANSFER_RULES)}")
-    rules = TRANSFER_RULES[variant]
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown variant {variant!r}; one of {sorted(VARIANTS)}")
+    rules = VARIANTS[variant]
     report = {"copied": [], "fresh": []}
     _copy_layer(rfcn.backbone, stmn.backbone, report)
     _copy_layer(rfcn.features, stmn.features, report)
     _copy_layer(rfcn.rpn_head, stmn.rpn_head, report)
-    if rules["head"]:
+    if rules.transfer_head:
         _copy_layer(rfcn.rfcn_head, stmn.rfcn_head, report)
     else:
         report["fresh"] += [w.path for w in stmn.rfcn_head.weights]
     if stmn.memory_direction == "bidirectional":
-        memory = transfer_conv_to_memory(rfcn.head_conv, stmn.memory_layer, fresh=not rules["memory"])
+        memory = transfer_conv_to_memory(rfcn.head_conv, stmn.memory_layer, fresh=not rules.transfer_memory)
         report["copied"] += memory["copied"]
         report["fresh"] += memory["fresh"]
     else:
-        _transfer_forward_memory(rfcn.head_conv, stmn.memory_layer.cell, not rules["memory"], report)
+        _transfer_forward_memory(rfcn.head_conv, stmn.memory_layer.cell, not rules.transfer_memory, report)
     return report
 
 
@@ -95,7 +87,7 @@ def transfer_rfcn_file_to_stmn(path, stmn, variant="stmn"):
       path: a `.keras` file of an `RFCN`, or a `.weights.h5` of an `RFCN` built with
         the STMN's arguments (and `head_channels = 2 * memory_filters`).
       stmn: a built `STMN`.
-      variant: a key of `TRANSFER_RULES`.
+      variant: a key of `stmn_tf.variants.VARIANTS`.
 
     Returns:
       the `transfer_rfcn_to_stmn` report.

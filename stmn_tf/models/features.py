@@ -1,4 +1,4 @@
-"""The features `F_t` on top of the backbone (DESIGN.md §2)."""
+"""The features `F_t` on top of the backbone (the authors' R-FCN on ResNet-101)."""
 
 import keras
 

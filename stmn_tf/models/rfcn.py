@@ -8,7 +8,7 @@ from stmn_tf.models.detector import TwoStageDetector
 
 @keras.saving.register_keras_serializable(package="stmn_tf")
 class RFCN(TwoStageDetector):
-    """Static R-FCN on a stride-16 ResNet (DESIGN.md §2); a clip is B*T independent images.
+    """Static R-FCN on a stride-16 ResNet (R-FCN, Dai et al., as the paper's Sec. 4 uses it); a clip is B*T independent images.
 
     Backbone -> features `F_t` (3x3 dilated conv 2048->512 + ReLU, 1x1 conv
     512->1024 + ReLU) -> 3x3 conv 1024->1024 + ReLU (`head_conv`, the layer that STMN

@@ -10,7 +10,7 @@ from stmn_tf.ops.ps_roi_pooling import ps_roi_average_pool
 class RFCNHead(keras.layers.Layer):
     """1x1 conv to `channels`, position-sensitive class and box maps, pooled per RoI.
 
-    DESIGN.md §2: `1x1 conv 1024->512 -> PS-RoI average pooling (7x7 bins)` for
+    As the authors' R-FCN: `1x1 conv 1024->512 -> PS-RoI average pooling (7x7 bins)` for
     `num_classes + 1` classes and 4 class-agnostic box deltas; the `bins x bins`
     pooled values are averaged ("voting", R-FCN Sec. 2).
 

@@ -6,6 +6,7 @@ import tensorflow as tf
 from stmn_tf.layers.bidirectional_stmm import BidirectionalSTMM
 from stmn_tf.layers.conv_gru import ConvGRU
 from stmn_tf.layers.stmm import STMM
+from stmn_tf.models.detector import FEATURE_STRIDE
 from stmn_tf.models.detector import TwoStageDetector
 
 DIRECTIONS = ("bidirectional", "forward")
@@ -74,9 +75,6 @@ class STMN(TwoStageDetector):
         self.memory_input_scale = memory_input_scale
         self.memory_std_multiplier = memory_std_multiplier
         self.match_trans_implementation = match_trans_implementation
-        # When True, the memory is replaced by ReLU(W * F_t) of its W convolutions:
-        # exactly the static R-FCN's 3x3 conv after weight transfer (a test of it).
-        self.bypass_memory = False
         super().__init__(num_classes, **kwargs)
 
     def _build_head_features(self):
@@ -104,14 +102,46 @@ class STMN(TwoStageDetector):
 
     def head_features(self, features, training=False):
         """`[B, T, h, w, C]` `F_t` -> the memory `[B, T, h, w, 2 * memory_filters]`."""
-        if self.bypass_memory:
-            shape = tf.shape(features)
-            flat = self._flatten(features)
-            out = tf.concat(
-                [self.memory_input_scale * cell.conv_w(flat) for cell in self.memory_cells()], -1
-            )
-            return self._unflatten(tf.nn.relu(out), shape[0], shape[1])
         return self.memory_layer(features)
+
+    # -- online (see TwoStageDetector.step) ------------------------------------
+
+    has_memory = True
+
+    def state_shapes(self, image_height, image_width):
+        """`{"memory": [h, w, D], "features": [h, w, C]}`: the forward memory after
+        the previous frame and that frame's features `F_{t-1}` (for MatchTrans)."""
+        h = -(-int(image_height) // FEATURE_STRIDE)
+        w = -(-int(image_width) // FEATURE_STRIDE)
+        forward = self.memory_cells()[0]
+        return {"memory": [h, w, int(forward.filters)], "features": [h, w, int(self.feature_channels)]}
+
+    def head_features_step(self, features, state):
+        """One frame's memory, causally: `([B, h, w, 2 * memory_filters], next state)`.
+
+        The forward memory is carried in `state`; a bidirectional memory's backward
+        direction reads the current frame alone (`BidirectionalSTMM.step`). So frame
+        t's answer is the model's answer at the last frame of the clip 1..t, and a
+        forward-only STMN (`memory_direction="forward"`) gives exactly its clip
+        answers. All-zero state starts a video (the paper's first step).
+        """
+        output, (memory, prev_features) = self.memory_layer.step(
+            features, [state["memory"], state["features"]]
+        )
+        return output, {"memory": memory, "features": prev_features}
+
+    def set_match_trans_implementation(self, implementation):
+        """Sets every memory cell's MatchTrans implementation; returns the old ones.
+
+        The cells read it when a function is traced, so this decides which ops a
+        traced graph (an export) contains. Pass the returned list back to restore.
+        """
+        cells = self.memory_cells()
+        previous = [cell.implementation for cell in cells]
+        values = implementation if isinstance(implementation, list) else [implementation] * len(cells)
+        for cell, value in zip(cells, values):
+            cell.implementation = value
+        return previous
 
     def memory(self, inputs):
         """The per-frame memory of a clip.

@@ -1,6 +1,6 @@
 """BN* (Xiao & Lee, ECCV 2018, Sec. 3.2 and Fig. 3): squashes a gate into [0, 1].
 
-As the authors implemented it (DESIGN.md §2): the statistics are the mean and the
+As the authors implemented it (their Lua Torch code): the statistics are the mean and the
 unbiased standard deviation of the *positive* entries of the whole tensor (batch,
 space and channels together), the upper bound is `ub = mean + K * std`, and the output
 is `clip(x, 0, ub) / ub`. No running statistics are kept, so training and inference

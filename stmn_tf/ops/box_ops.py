@@ -7,6 +7,7 @@ A ratio of lengths does not change when both axes are scaled, so encoding normal
 boxes gives the same targets as encoding pixel boxes.
 """
 
+import numpy as np
 import tensorflow as tf
 from official.vision.ops import box_ops as official_box_ops
 
@@ -75,7 +76,31 @@ def boxes_yxyx_to_xyxy(boxes):
     return tf.gather(boxes, [1, 0, 3, 2], axis=-1)
 
 
-def normalized_yxyx_to_pixels(boxes, height, width):
-    """Normalised `[..., 4]` yxyx -> pixel yxyx for an image of `height` x `width`."""
-    scale = tf.cast(tf.stack([height, width, height, width]), boxes.dtype)
-    return boxes * scale
+def normalized_yxyx_to_pixel_xyxy(boxes, height, width):
+    """NumPy, at the edges: normalised `[N, 4]` yxyx -> float64 pixel xmin, ymin,
+    xmax, ymax in an image of `height` x `width` (continuous coordinates, as the
+    evaluation's ground truth)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.stack([boxes[:, 1] * width, boxes[:, 0] * height, boxes[:, 3] * width,
+                     boxes[:, 2] * height], -1)
+
+
+def canvas_yxyx_to_frame_xyxy(boxes, padded_size, image_size, original_size):
+    """NumPy: model boxes on the padded canvas -> pixel xyxy in the original frame.
+
+    The detectors normalise boxes by their input tensor (the padded canvas); the frame
+    sits at its top left resized to `image_size` (`stmn_tf.data.pipeline.resize_and_pad`),
+    which keeps the aspect ratio of `original_size`.
+
+    Args:
+        boxes: `[N, 4]` normalised ymin, xmin, ymax, xmax on the canvas.
+        padded_size, image_size, original_size: (height, width) each.
+
+    Returns:
+        `[N, 4]` float64 xmin, ymin, xmax, ymax pixels, clipped to the frame (the
+        padding is not part of it).
+    """
+    height, width = original_size
+    xyxy = normalized_yxyx_to_pixel_xyxy(
+        boxes, padded_size[0] * height / image_size[0], padded_size[1] * width / image_size[1])
+    return np.clip(xyxy, 0.0, [width, height, width, height])

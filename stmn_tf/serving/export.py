@@ -20,7 +20,6 @@ import tempfile
 
 import tensorflow as tf
 
-from stmn_tf.models.stmn import STMN
 from stmn_tf.serving.signatures import DetectorServingModule
 
 CUSTOM_OP_PREFIX = "Stmn>"
@@ -29,21 +28,6 @@ METADATA_FILE = "stmn_serving.json"
 
 class ExportError(RuntimeError):
     """The export cannot be written (existing version, unportable graph, bad checkpoint)."""
-
-
-def _set_match_trans_implementation(model, implementation):
-    """Sets MatchTrans' implementation on every memory cell; returns the old values.
-
-    The cells read their `implementation` when a function is traced, so this decides
-    which ops the SavedModel's graphs contain.
-    """
-    if not isinstance(model, STMN):
-        return []
-    cells = model.memory_cells()
-    previous = [cell.implementation for cell in cells]
-    for cell in cells:
-        cell.implementation = implementation
-    return previous
 
 
 def _saveable_root(model, signatures):
@@ -204,7 +188,9 @@ def export_saved_model(
     os.makedirs(output_dir, exist_ok=True)
 
     previous_max = model.max_detections
-    previous_impl = _set_match_trans_implementation(model, "custom_op" if custom_op else "tf")
+    previous_impl = None
+    if model.has_memory:
+        previous_impl = model.set_match_trans_implementation("custom_op" if custom_op else "tf")
     if max_detections is not None:
         model.max_detections = int(max_detections)
     temporary = tempfile.mkdtemp(prefix=f".export-{version}-", dir=output_dir)
@@ -236,31 +222,19 @@ def export_saved_model(
         if os.path.exists(temporary):
             shutil.rmtree(temporary, ignore_errors=True)
         model.max_detections = previous_max
-        if previous_impl:
-            for cell, implementation in zip(model.memory_cells(), previous_impl):
-                cell.implementation = implementation
+        if previous_impl is not None:
+            model.set_match_trans_implementation(previous_impl)
     return final
 
 
 def restore_for_export(config, checkpoint):
-    """Builds `config.model` and restores it from a model directory or checkpoint prefix.
+    """Builds `config.model` and restores it (`checkpointing.restore`): every
+    variable of the model must come from the checkpoint, so a model that does not
+    match it (another config) fails here, not in serving. Returns `(model, prefix)`."""
+    from stmn_tf.training.checkpointing import CheckpointMismatchError
+    from stmn_tf.training.checkpointing import restore_model
 
-    Checkpoints are `tf.train.Checkpoint(model=model, ...)` (train.py). Unlike a
-    training restore, every variable of the model must come from the checkpoint:
-    a model that does not match it (another config) fails here, not in serving.
-    """
-    from stmn_tf.configs import find_checkpoint
-    from stmn_tf.models.builders import build_model
-
-    model = build_model(config.model)
-    prefix = find_checkpoint(checkpoint)
-    status = tf.train.Checkpoint(model=model).read(prefix)
     try:
-        status.assert_existing_objects_matched()
-    except AssertionError as e:
-        raise ExportError(
-            f"checkpoint {prefix} does not match the model of this config "
-            f"(model.type={config.model.type!r}): {e}"
-        ) from e
-    status.expect_partial()  # the optimizer and step are not exported
-    return model, prefix
+        return restore_model(config, checkpoint)
+    except CheckpointMismatchError as e:
+        raise ExportError(f"checkpoint {e}") from e

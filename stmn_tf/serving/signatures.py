@@ -30,14 +30,13 @@ A bidirectional STMN's backward memory at frame t then sees frame t alone (its f
 step), so the stream's answer for frame t equals the exported model's answer for the
 last frame of the clip 1..t: the model run causally, as a forward-only model over the
 clip. A model trained with `memory.direction: forward` streams exactly its clip
-answers.
+answers. The signature is the model's `step` (`TwoStageDetector.step`), the one
+causal path, which `stmn_tf.inference.video.OnlineVideoDetector` runs too.
 """
 
 import tensorflow as tf
 
 from stmn_tf.data import pipeline
-from stmn_tf.models.detector import FEATURE_STRIDE
-from stmn_tf.models.stmn import STMN
 
 OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 STATE_KEYS = ("state_memory", "state_features")
@@ -86,25 +85,19 @@ class DetectorServingModule:
         self.long_side_max = int(image_size.long_side_max)
         self.padded_size = [int(s) for s in pipeline.padded_size(image_size)]
         self._image_size = image_size
-        self.is_stmn = isinstance(model, STMN)
+        self.is_stmn = model.has_memory
 
     # -- preprocessing -------------------------------------------------------
 
     def preprocess_frame(self, frame):
         """uint8 `[H, W, 3]` -> (float32 `[Hp, Wp, 3]` in [0, 255], float32 `[2]` box scale).
 
-        The training pipeline's resize and padding (`pipeline._decode_frames`); the box
+        The training pipeline's resize and padding (`pipeline.resize_and_pad`); the box
         scale `[Hp / h, Wp / w]` (h, w the resized size) maps boxes normalised to the
         padded canvas to boxes normalised to the frame.
         """
-        shape = tf.shape(frame)
-        new_h, new_w = pipeline.resized_size(shape[0], shape[1], self._image_size)
-        image = tf.image.resize(frame, tf.stack([new_h, new_w]), method="bilinear")
-        pad_h, pad_w = self.padded_size
-        image = tf.image.pad_to_bounding_box(image, 0, 0, pad_h, pad_w)
-        scale = tf.cast(tf.stack([pad_h, pad_w]), tf.float32) / tf.cast(
-            tf.stack([new_h, new_w]), tf.float32
-        )
+        image, resized = pipeline.resize_and_pad(frame, self._image_size)
+        scale = tf.cast(tf.stack(self.padded_size), tf.float32) / tf.cast(resized, tf.float32)
         return image, scale
 
     def preprocess(self, frames):
@@ -168,13 +161,8 @@ class DetectorServingModule:
 
     def stream_state_shapes(self):
         """`{"state_memory": [h, w, D], "state_features": [h, w, C]}` (ints)."""
-        pad_h, pad_w = self.padded_size
-        h, w = -(-pad_h // FEATURE_STRIDE), -(-pad_w // FEATURE_STRIDE)
-        forward = self.model.memory_cells()[0]
-        return {
-            "state_memory": [h, w, int(forward.filters)],
-            "state_features": [h, w, int(self.model.feature_channels)],
-        }
+        shapes = self.model.state_shapes(*self.padded_size)
+        return {f"state_{key}": shape for key, shape in shapes.items()}
 
     def detect_stream(self, frame, state_memory, state_features):
         """One frame and the state after the previous one -> detections and the new state.
@@ -191,36 +179,17 @@ class DetectorServingModule:
           dict: the four detection outputs of frame t without the T axis, and the new
           `state_memory` `[h, w, D]` and `state_features` `[h, w, C]`.
         """
-        model = self.model
         shapes = self.stream_state_shapes()
         frame = _check_shape(frame, [None, None, 3], "frame")
         state_memory = _check_shape(state_memory, shapes["state_memory"], "state_memory")
         state_features = _check_shape(state_features, shapes["state_features"], "state_features")
         with tf.control_dependencies(_check_clip(frame[None], "frame")):
             image, scale = self.preprocess_frame(frame)  # [Hp, Wp, 3], [2]
-        features = model.extract_features(image[None, None])  # [1, 1, h, w, C]
-        current = features[:, 0]  # [1, h, w, C]
-        cells = model.memory_cells()
-        forward = cells[0]
-        memory = forward.step(
-            current, state_features[None], forward.input_projections(current), state_memory[None]
-        )  # [1, h, w, D]
-        head_input = [memory]
-        if len(cells) == 2:
-            # The backward memory at the last frame of a clip: its first step, zero
-            # memory and F_{t-1} = F_t (what BidirectionalSTMM computes at frame t of
-            # the clip 1..t).
-            backward = cells[1]
-            head_input.append(
-                backward.step(
-                    current, current, backward.input_projections(current), tf.zeros_like(memory)
-                )
-            )
-        head_input = tf.concat(head_input, axis=-1)[:, None]  # [1, 1, h, w, 2F]
-        detections = _detect_from_head_input(model, features, head_input, tf.shape(image)[:2])
-        outputs = self._to_frame_boxes({key: value[0, 0] for key, value in detections.items()}, scale)
-        outputs["state_memory"] = memory[0]
-        outputs["state_features"] = current[0]
+        state = {"memory": state_memory[None], "features": state_features[None]}
+        detections, state = self.model.step(image[None], state)  # [1, ...]
+        outputs = self._to_frame_boxes({key: value[0] for key, value in detections.items()}, scale)
+        outputs["state_memory"] = state["memory"][0]
+        outputs["state_features"] = state["features"][0]
         return outputs
 
     # -- signatures ----------------------------------------------------------
@@ -252,15 +221,3 @@ class DetectorServingModule:
             result["stream"] = stream.get_concrete_function()
         return result
 
-
-def _detect_from_head_input(model, features, head_input, image_size):
-    """The detector's RPN on `features` and its R-FCN head on `head_input`.
-
-    `TwoStageDetector.detect_from_features` computes the head's input itself from
-    `features`; the stream has it already (from the state), so this runs the same
-    pieces with the given one. Args: `features` `[1, 1, h, w, C]`, `head_input`
-    `[1, 1, h, w, C_head]`, `image_size` `[2]` int32. Returns the `predict_step` dict.
-    """
-    _, _, _, rois, valid = model._first_stage({}, features, image_size, training=False)
-    class_logits, box_deltas = model.rfcn_head(model._flatten(head_input), rois, image_size)
-    return model._postprocess(class_logits, box_deltas, rois, valid, 1, 1)

@@ -50,6 +50,78 @@ def restore_latest(checkpoint, directory):
     return latest
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint is not one of the model it is restored into (the message says why)."""
+
+
+def find_checkpoint(path):
+    """A checkpoint prefix from a model directory (its latest) or a prefix itself."""
+    if tf.io.gfile.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise FileNotFoundError(f"no checkpoint in {path}")
+        return latest
+    if tf.io.gfile.exists(path + ".index"):
+        return path
+    raise FileNotFoundError(f"{path} is neither a model directory nor a checkpoint prefix")
+
+
+def restore(model, path, what=None):
+    """Restores every variable of `model` from a model directory or checkpoint prefix.
+
+    The one restore of a model's weights (detect.py, evaluate.py, export.py, the
+    stage-2 initialisation). Checkpoints are train.py's, `tf.train.Checkpoint(model=
+    model, optimizer, step)`; the optimizer and step in them are ignored. Every
+    variable of the model must come from the checkpoint: a model of another config
+    fails here, not with random weights later.
+
+    Args:
+        model: a detector (built here with a 1-frame call when it is not yet: a
+            restore before its variables exist would be deferred and silently leave
+            them fresh).
+        path: str, a model directory (its latest checkpoint) or a checkpoint prefix.
+        what: optional str naming the model in the error (e.g. "the 'stmn' model of
+            this config").
+
+    Returns:
+        str, the prefix read.
+
+    Raises:
+        FileNotFoundError: no checkpoint at `path`.
+        CheckpointMismatchError: a variable of the model has no value in the
+            checkpoint, or a shape differs.
+    """
+    if not model.built or not model.weights:
+        model({"images": tf.zeros([1, 1, 32, 32, 3])})
+    prefix = find_checkpoint(path)
+    try:
+        tf.train.Checkpoint(model=model).restore(prefix).expect_partial() \
+            .assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        raise CheckpointMismatchError(
+            f"{prefix} does not match {what or 'the model'}: {e}") from e
+    return prefix
+
+
+def restore_model(config, path, model=None):
+    """Builds `config.model` (unless `model` is given) and `restore`s it from `path`.
+
+    Args:
+        config: ExperimentConfig (or its ModelConfig).
+        path: a model directory or a checkpoint prefix.
+        model: optional detector to restore into.
+
+    Returns:
+        `(model, prefix)`.
+    """
+    from stmn_tf.models.builders import build_model
+
+    model_config = getattr(config, "model", config)
+    model = model if model is not None else build_model(model_config)
+    prefix = restore(model, path, f"the {model_config.type!r} model of this config")
+    return model, prefix
+
+
 def initialize_from(config, model, path):
     """Stage 2 of the paper: initialises `model` from a stage-1 checkpoint.
 
@@ -63,14 +135,11 @@ def initialize_from(config, model, path):
         dict: `checkpoint` (the prefix read), `copied` and `fresh` (variable paths; the
         transfer report), `variant`.
     """
-    from stmn_tf.configs import find_checkpoint
     from stmn_tf.models.builders import build_model
     from stmn_tf.models.detector_transfer import transfer_rfcn_to_stmn
 
-    prefix = find_checkpoint(path)
-    if config.model.type == "rfcn":
-        tf.train.Checkpoint(model=model).restore(prefix).expect_partial() \
-            .assert_existing_objects_matched()
+    if not model.has_memory:
+        prefix = restore(model, path)
         return {"checkpoint": prefix, "copied": [v.path for v in model.weights], "fresh": [],
                 "variant": "rfcn"}
     rfcn_config = copy.deepcopy(config.model)
@@ -78,14 +147,12 @@ def initialize_from(config, model, path):
     # Called outside the strategy's scope: the R-FCN is a plain source of values, and
     # assigning them to the STMN's mirrored variables updates every replica.
     rfcn = build_model(rfcn_config)
-    status = tf.train.Checkpoint(model=rfcn).restore(prefix).expect_partial()
     try:
-        status.assert_existing_objects_matched()
-    except AssertionError as e:
-        raise ValueError(
-            f"--init-from {path}: {prefix} is not a checkpoint of the R-FCN of this model "
-            f"config (stage 1 must use the same backbone, features and head): {e}") from e
+        prefix = restore(rfcn, path)
+    except CheckpointMismatchError as e:
+        raise CheckpointMismatchError(
+            f"--init-from {path}: not a checkpoint of the R-FCN of this model config "
+            f"(stage 1 must use the same backbone, features and head): {e}") from e
     report = transfer_rfcn_to_stmn(rfcn, model, variant=config.model.memory.variant)
     report.update(checkpoint=prefix, variant=config.model.memory.variant)
     return report
-

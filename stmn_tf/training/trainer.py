@@ -5,16 +5,13 @@ so the loop is written out, the same for one device, MirroredStrategy and
 MultiWorkerMirroredStrategy:
 
     batch  = next(iterator)                # per-replica batches, distribute_datasets_from_function
-    losses = train_step(batch)             # tf.function: strategy.run(replica_step), then
-                                           # strategy.reduce(SUM) of the per-replica shares
+    losses = train_step(batch)             # tf.function: strategy.run(replica_train_step),
+                                           # then the mean of the replicas' losses
     host: non-finite check, plateau, progress bar, summaries, checkpoints
 
-`replica_step` computes the model's own losses (`model.compute_losses`, means over
-the replica's frames), divides them by the number of replicas (equal per-replica
-batches, so the sum over replicas is the mean over the global batch), all-reduces the
-gradients itself, clips them by their global norm, and hands them to the optimizer.
-BN* normalises over each replica's own tensor (the paper computes it per batch); the
-backbone's batch norm is frozen, so no statistics need synchronising.
+`replica_train_step` (`stmn_tf.training.step`) is the one training step, the one
+`model.fit` runs too: losses, weight decay, loss scaling, all-reduced and clipped
+gradients, the finiteness guard.
 """
 
 import copy
@@ -31,6 +28,7 @@ from stmn_tf.training import checkpointing
 from stmn_tf.training import distribution
 from stmn_tf.training import optimization
 from stmn_tf.training import summaries
+from stmn_tf.training.step import replica_train_step
 
 logger = logging.getLogger(__name__)
 
@@ -73,51 +71,20 @@ class TrainingState:
         return float(self.schedule(self.optimizer.iterations))
 
 
-def make_train_step(state, strategy, weight_decay=0.0, clip_norm=0.0, mixed_precision=False):
+def make_train_step(state, strategy, weight_decay=0.0, clip_norm=0.0):
     """The compiled step: `train_step(distributed_batch) -> {loss name: global mean}`.
 
-    Runs `replica_step` on every replica and sums the replicas' shares. The
-    gradients are all-reduced here rather than inside the optimizer, because the
-    global-norm clipping and the loss-scaling finiteness check need the gradient of
-    the whole global batch (Keras clips before its own all-reduce, i.e. per replica).
-    Keras' SGD all-reduces what it is given once more, so each replica hands it
-    1/N of the reduced gradient: the sum is the reduced gradient. That costs a
-    second all-reduce per step, which at ResNet-101 sizes is small next to the step.
+    Runs `stmn_tf.training.step.replica_train_step` (the step `model.fit` runs too) on
+    every replica, averages the replicas' losses and counts the step.
     """
-    model, optimizer = state.model, state.optimizer
-    variables = model.trainable_variables
 
     def replica_step(batch):
-        context = tf.distribute.get_replica_context()
-        replicas = context.num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            losses = model.compute_losses(batch, training=True)
-            regularisation = optimization.l2_loss(variables, weight_decay)
-            # This replica's share of the global-batch mean.
-            loss = (losses["total_loss"] + regularisation) / replicas
-            scaled = optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled, variables)
-        present = [i for i, g in enumerate(gradients) if g is not None]
-        reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, [gradients[i] for i in present])
-        global_loss = context.all_reduce(tf.distribute.ReduceOp.SUM, loss)
-        if clip_norm > 0:
-            # The gradients carry the loss scale under mixed precision.
-            scale = tf.cast(optimizer.dynamic_scale, tf.float32) if mixed_precision else 1.0
-            reduced, _ = tf.clip_by_global_norm(reduced, clip_norm * scale)
-        # A non-finite loss stops the run (on the host, after this step); its
-        # gradients are dropped so that the weights in memory stay those of the last
-        # good step.
-        finite = tf.math.is_finite(global_loss)
-        shares = [tf.where(finite, g, tf.zeros_like(g)) / replicas for g in reduced]
-        optimizer.apply(shares, [variables[i] for i in present])
-        out = {name: value / replicas for name, value in losses.items()}
-        out["regularisation_loss"] = regularisation / replicas
-        return out
+        return replica_train_step(state.model, state.optimizer, batch, weight_decay, clip_norm)
 
     @tf.function
     def train_step(batch):
         per_replica = strategy.run(replica_step, args=(batch,))
-        losses = {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+        losses = {name: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
                   for name, value in per_replica.items()}
         state.step.assign_add(1)
         return losses
@@ -136,6 +103,87 @@ def _clips_in_batch(strategy, batch):
     return int(images.shape[0] or tf.shape(images)[0]) * strategy.num_replicas_in_sync
 
 
+def _restore_or_initialize(state, config, model_dir, init_from, echo):
+    """Resumes from `model_dir`'s latest checkpoint, else initialises from `init_from`
+    (stage 2) when given. Returns the prefix resumed from, or None."""
+    # Every worker restores from the chief's directory (the shared model_dir).
+    resumed_from = checkpointing.restore_latest(state.checkpoint, model_dir)
+    if resumed_from:
+        echo(f"Resuming from {resumed_from} at step {int(state.step.numpy())}")
+    elif init_from:
+        report = checkpointing.initialize_from(config, state.model, init_from)
+        echo(f"Initialised from {report['checkpoint']} ({report['variant']}): "
+             f"{len(report['copied'])} variables copied, {len(report['fresh'])} left fresh")
+        for path in report["fresh"]:
+            echo(f"  fresh: {path}")
+    return resumed_from
+
+
+class _Reporter:
+    """What the loop reports after each step: the progress bar, the plateau's
+    learning-rate drops, TensorBoard scalars and images, train_log.jsonl."""
+
+    def __init__(self, config, state, strategy, log_dir, start, total_steps, chief, progress,
+                 echo):
+        from tqdm import tqdm
+
+        self.config, self.state, self.strategy = config, state, strategy
+        self.chief, self.echo, self.total_steps = chief, echo, total_steps
+        self.log = summaries.TrainingLog(log_dir, enabled=chief)
+        self.bar = tqdm(total=total_steps, initial=start, disable=not (chief and progress),
+                        desc="train", unit="step", dynamic_ncols=True)
+        self.window_start = time.time()
+        self.window_steps = self.window_examples = 0
+
+    def step(self, current, losses, batch, clips):
+        state, train_config = self.state, self.config.train
+        self.window_examples += clips
+        self.window_steps += 1
+        if state.plateau is not None and state.plateau.update(losses["total_loss"]):
+            self.echo(f"step {current}: loss on a plateau, learning rate -> "
+                      f"{state.learning_rate:.3g}")
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{losses['total_loss']:.4f}", lr=f"{state.learning_rate:.2g}")
+        last = current == self.total_steps
+        if current % train_config.summary_every == 0 or last:
+            elapsed = max(time.time() - self.window_start, 1e-9)
+            self.log.scalars(current, {**losses, "learning_rate": state.learning_rate,
+                                       "examples_per_second": self.window_examples / elapsed,
+                                       "steps_per_second": self.window_steps / elapsed})
+            self.window_start, self.window_steps, self.window_examples = time.time(), 0, 0
+        if self.chief and train_config.image_summary_every > 0 and (
+                current % train_config.image_summary_every == 0 or last):
+            clip = _first_local_batch(self.strategy, batch)
+            self.log.images(current, "detections", summaries.detection_images(state.model, clip))
+
+    def close(self):
+        self.bar.close()
+        self.log.flush()
+
+
+def _check_finite(losses, current, manager):
+    if not math.isfinite(losses["total_loss"]):
+        raise NonFiniteLossError(
+            f"non-finite loss at step {current}: "
+            + ", ".join(f"{k}={v}" for k, v in losses.items())
+            + f"; the last good checkpoint is {manager.latest_checkpoint or 'none'} "
+            "(the bad state was not saved)")
+
+
+def _save_on_interrupt(manager, state, losses, echo):
+    """Keeps the state of a run stopped between steps (Ctrl-C), when it is good.
+
+    One device or one machine only: in a multi-worker run the other workers would wait
+    for this one's save. Returns the prefix saved, or None.
+    """
+    if distribution.is_multi_worker_cluster() or not losses or not math.isfinite(
+            losses.get("total_loss", math.nan)):
+        return None
+    prefix = manager.save(checkpoint_number=int(state.step.numpy()))
+    echo(f"\nInterrupted: saved {prefix}")
+    return prefix
+
+
 def train(config, model_dir, steps=None, strategy=None, init_from=None, progress=True,
           echo=print):
     """Trains `config` in `model_dir` up to `steps` total steps (default train.steps).
@@ -144,7 +192,8 @@ def train(config, model_dir, steps=None, strategy=None, init_from=None, progress
     initialises from `init_from` (or `config.train.init_from`) when given (stage 2).
 
     Args:
-        config: ExperimentConfig (input paths resolved, see configs.resolve_synthetic_data).
+        config: ExperimentConfig (input paths resolved, see
+            `stmn_tf.data.synthetic.resolve_synthetic_data`).
         model_dir: str. Checkpoints, config.yaml, summaries, train_log.jsonl.
         steps: int. Total steps of the run, counting the resumed ones.
         strategy: a tf.distribute.Strategy (default: distribution.select_strategy("auto")).
@@ -171,7 +220,6 @@ def train(config, model_dir, steps=None, strategy=None, init_from=None, progress
     final_echo = (lambda text, say=echo: say(f"[{task}] {text}")) if task else echo
     echo = echo if chief else (lambda *args, **kwargs: None)
     total_steps = int(steps if steps is not None else config.train.steps)
-    init_from = init_from or config.train.init_from
     write_dir = distribution.worker_model_dir(model_dir, strategy)
     os.makedirs(write_dir, exist_ok=True)
     if chief:
@@ -186,17 +234,14 @@ def train(config, model_dir, steps=None, strategy=None, init_from=None, progress
         keras.config.set_dtype_policy(previous_policy)
 
     manager = checkpointing.make_manager(state.checkpoint, write_dir, config.train.keep_checkpoints)
-    # Every worker restores from the chief's directory (the shared model_dir).
-    resumed_from = checkpointing.restore_latest(state.checkpoint, model_dir)
+    resumed_from = _restore_or_initialize(
+        state, config, model_dir, init_from or config.train.init_from, echo)
     start = int(state.step.numpy())
-    if resumed_from:
-        echo(f"Resuming from {resumed_from} at step {start}")
-    elif init_from:
-        report = checkpointing.initialize_from(config, state.model, init_from)
-        echo(f"Initialised from {report['checkpoint']} ({report['variant']}): "
-             f"{len(report['copied'])} variables copied, {len(report['fresh'])} left fresh")
-        for path in report["fresh"]:
-            echo(f"  fresh: {path}")
+    result = {"step": start, "losses": {}, "checkpoint": resumed_from,
+              "resumed_from": resumed_from, "steps_per_second": 0.0, "examples_per_second": 0.0}
+    if start >= total_steps:
+        echo(f"Nothing to do: {model_dir} is at step {start} >= --steps {total_steps}")
+        return result
 
     data_config = copy.deepcopy(config.train_data)
     # After a resume, draw other clips than the first run's first ones (the input
@@ -205,23 +250,12 @@ def train(config, model_dir, steps=None, strategy=None, init_from=None, progress
     dataset = strategy.distribute_datasets_from_function(make_dataset_fn(data_config))
     train_step = make_train_step(
         state, strategy, weight_decay=config.train.optimizer.weight_decay,
-        clip_norm=config.train.optimizer.clip_norm,
-        mixed_precision=config.train.mixed_precision)
-    log = summaries.TrainingLog(model_dir if chief else write_dir, enabled=chief)
-
-    result = {"step": start, "losses": {}, "checkpoint": resumed_from,
-              "resumed_from": resumed_from, "steps_per_second": 0.0, "examples_per_second": 0.0}
-    if start >= total_steps:
-        echo(f"Nothing to do: {model_dir} is at step {start} >= --steps {total_steps}")
-        return result
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=total_steps, initial=start, disable=not (chief and progress),
-               desc="train", unit="step", dynamic_ncols=True)
+        clip_norm=config.train.optimizer.clip_norm)
+    reporter = _Reporter(config, state, strategy, model_dir if chief else write_dir, start,
+                         total_steps, chief, progress, echo)
     iterator = iter(dataset)
-    run_start = window_start = time.time()
-    window_steps = window_examples = examples = 0
+    run_start = time.time()
+    examples = 0
     losses = {}
     current = start
     try:
@@ -232,42 +266,16 @@ def train(config, model_dir, steps=None, strategy=None, init_from=None, progress
             losses = {name: float(value) for name, value in values.items()}
             clips = _clips_in_batch(strategy, batch)
             examples += clips
-            window_examples += clips
-            window_steps += 1
-            if not math.isfinite(losses["total_loss"]):
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {current}: "
-                    + ", ".join(f"{k}={v}" for k, v in losses.items())
-                    + f"; the last good checkpoint is {manager.latest_checkpoint or 'none'} "
-                    "(the bad state was not saved)")
-            if state.plateau is not None and state.plateau.update(losses["total_loss"]):
-                echo(f"step {current}: loss on a plateau, learning rate -> {state.learning_rate:.3g}")
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses['total_loss']:.4f}", lr=f"{state.learning_rate:.2g}")
-
-            if current % config.train.summary_every == 0 or current == total_steps:
-                elapsed = max(time.time() - window_start, 1e-9)
-                log.scalars(current, {**losses, "learning_rate": state.learning_rate,
-                                      "examples_per_second": window_examples / elapsed,
-                                      "steps_per_second": window_steps / elapsed})
-                window_start, window_steps, window_examples = time.time(), 0, 0
-            if chief and config.train.image_summary_every > 0 and (
-                    current % config.train.image_summary_every == 0 or current == total_steps):
-                clip = _first_local_batch(strategy, batch)
-                log.images(current, "detections", summaries.detection_images(state.model, clip))
+            _check_finite(losses, current, manager)
+            reporter.step(current, losses, batch, clips)
             if current % config.train.checkpoint_every == 0 or current == total_steps:
                 result["checkpoint"] = manager.save(checkpoint_number=current)
     except KeyboardInterrupt:
-        # Between steps the state is consistent: keep it (one device / one machine;
-        # in a multi-worker run the other workers would wait for this one's save).
-        if not distribution.is_multi_worker_cluster() and losses and math.isfinite(
-                losses.get("total_loss", math.nan)):
-            result["checkpoint"] = manager.save(checkpoint_number=int(state.step.numpy()))
-            echo(f"\nInterrupted: saved {result['checkpoint']}")
+        # Between steps the state is consistent: keep it.
+        result["checkpoint"] = _save_on_interrupt(manager, state, losses, echo) or result["checkpoint"]
         raise
     finally:
-        bar.close()
-        log.flush()
+        reporter.close()
         if not chief:
             shutil.rmtree(write_dir, ignore_errors=True)
 

@@ -6,11 +6,11 @@ import tensorflow as tf
 
 from stmn_tf.inference.video import OnlineVideoDetector
 from stmn_tf.inference.video import WindowedVideoDetector
-from stmn_tf.inference.video import boxes_yxyx_normalized_to_xyxy_pixels
 from stmn_tf.inference.video import prepared_frame
-from stmn_tf.inference.windows import video_windows
-from stmn_tf.inference.windows import windows_per_frame
+from tests.inference.window_schedule import video_windows
+from tests.inference.window_schedule import windows_per_frame
 from stmn_tf.models.stmn import STMN
+from stmn_tf.ops.box_ops import canvas_yxyx_to_frame_xyxy
 from tests.models.synthetic import TINY_RFCN_KWARGS
 from tests.models.synthetic import TINY_STMN_KWARGS
 
@@ -109,7 +109,7 @@ def test_frame_size_change_inside_a_video_is_an_error():
 def test_box_conversion_to_original_pixels():
     # 1080x1920 resized to 72x128 at the top left of a 128x128 canvas.
     boxes = np.array([[0.25, 0.5, 0.5, 1.0], [0.5, 0.0, 0.75, 0.5]])
-    xyxy = boxes_yxyx_normalized_to_xyxy_pixels(boxes, (128, 128), (72, 128), (1080, 1920))
+    xyxy = canvas_yxyx_to_frame_xyxy(boxes, (128, 128), (72, 128), (1080, 1920))
     np.testing.assert_allclose(xyxy, [[960, 480, 1920, 960], [0, 960, 960, 1080]])  # clipped
 
 
@@ -140,7 +140,7 @@ def reference(outputs, t):
     boxes = outputs["detection_boxes"][0, t, :n].numpy()
     scores = outputs["detection_scores"][0, t, :n].numpy()
     order = np.lexsort((np.arange(n), -scores))
-    return boxes_yxyx_normalized_to_xyxy_pixels(boxes, (64, 64), (64, 64), (64, 64))[order], scores[order]
+    return canvas_yxyx_to_frame_xyxy(boxes, (64, 64), (64, 64), (64, 64))[order], scores[order]
 
 
 def canonical(boxes):

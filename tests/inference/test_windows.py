@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from stmn_tf.inference.ensemble import ensemble_detections_xyxy
-from stmn_tf.inference.windows import sliding_windows
-from stmn_tf.inference.windows import subsequences
-from stmn_tf.inference.windows import video_windows
-from stmn_tf.inference.windows import windows_per_frame
+from tests.inference.window_schedule import sliding_windows
+from tests.inference.window_schedule import subsequences
+from tests.inference.window_schedule import video_windows
+from tests.inference.window_schedule import windows_per_frame
 
 
 def test_subsequences_interleave():

@@ -1,6 +1,6 @@
 """Independent NumPy references of the paper's equations, for the tests only.
 
-Written from DESIGN.md §2 (the authors' version of Eqs. 1-5), with plain loops where
+Written from the authors' version of Eqs. 1-5, with plain loops where
 that makes them easy to check by eye; none of stmn_tf's code is used.
 """
 
@@ -65,7 +65,7 @@ def match_trans(features, prev_features, prev_memory, k):
 
 def stmm_step(weights, features, prev_features, memory, *, k, align, scale=1.0,
               std_multiplier=3.0, gru=False):
-    """DESIGN.md §2's STMM step (or the ConvGRU step when `gru`).
+    """The authors' STMM step (or the ConvGRU step when `gru`).
 
     weights: dict with kernels w, z_w, r_w, u, z_u, r_u and biases b_w, b_z, b_r.
     Returns (new memory, z, r).
@@ -125,3 +125,14 @@ def set_cell_weights(cell, weights):
         conv.bias.assign(weights["b_" + name[0]])
     for name in ("u", "z_u", "r_u"):
         getattr(cell, "conv_" + name).kernel.assign(weights[name])
+
+
+def build_in_mixed_float16(build):
+    """`build()` under the mixed_float16 dtype policy, which is then set back."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        return build()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -12,6 +12,7 @@ from stmn_tf.layers import STMM, BidirectionalSTMM
 from stmn_tf.ops import custom_op_available
 from stmn_tf.ops.bn_star_op import bn_star_upper_bound
 from tests.layers import numpy_reference as ref
+from tests.layers.numpy_reference import build_in_mixed_float16
 
 IMPLEMENTATIONS = ["tf"] + (["custom_op"] if custom_op_available() else [])
 C, F = 3, 2
@@ -146,11 +147,7 @@ def test_numeric_gradient_wrt_memory_and_weights(implementation, rng, monkeypatc
 def test_mixed_float16(rng):
     clip = rng.normal(size=(1, 3, 4, 4, C)).astype("float32")
     reference = _built()
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        layer = _built()
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    layer = build_in_mixed_float16(_built)
     layer.set_weights(reference.get_weights())
     output = layer(clip)
     assert output.dtype == "float16"
@@ -185,3 +182,17 @@ def test_xla_with_pure_tf_twin(rng):
     clip = rng.normal(size=(2, 4, 5, 6, C)).astype("float32")
     compiled = tf.function(layer, jit_compile=True)
     np.testing.assert_allclose(compiled(clip), layer(clip), atol=1e-5)
+
+
+def test_step_is_the_clip_run_causally(rng):
+    # Frame by frame from the zero state, the output at frame t equals the layer on
+    # frames 1..t at its last frame (the backward memory has read frame t alone).
+    clip = rng.uniform(size=(1, 3, 4, 5, C)).astype("float32")
+    layer = _built(implementation="tf")
+    state = [np.zeros((1, 4, 5, F), "float32"), np.zeros((1, 4, 5, C), "float32")]
+    for t in range(3):
+        output, state = layer.step(clip[:, t], state)
+        expected = layer(clip[:, : t + 1])[:, -1]
+        np.testing.assert_allclose(output, expected, atol=1e-5)
+        np.testing.assert_allclose(state[0], expected[..., :F], atol=1e-5)
+        np.testing.assert_array_equal(state[1], clip[:, t])

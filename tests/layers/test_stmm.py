@@ -8,6 +8,7 @@ import tensorflow as tf
 from stmn_tf.layers import STMM, ConvGRU
 from stmn_tf.ops import custom_op_available
 from tests.layers import numpy_reference as ref
+from tests.layers.numpy_reference import build_in_mixed_float16
 
 C, F = 3, 2
 
@@ -104,11 +105,7 @@ def test_custom_op_and_twin_agree(rng):
 def test_mixed_float16(rng):
     clip = rng.normal(size=(2, 3, 5, 5, C)).astype("float32")
     reference = _built()
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        layer = _built()
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    layer = build_in_mixed_float16(_built)
     layer.set_weights(reference.get_weights())
     assert layer.cell.conv_u.kernel.dtype == "float32"
     output = layer(clip)

@@ -1,4 +1,4 @@
-"""STMMCell and ConvGRUCell against the NumPy reference of Eqs. 1-4 (DESIGN.md §2)."""
+"""STMMCell and ConvGRUCell against the NumPy reference of Eqs. 1-4 (the authors' version)."""
 
 import importlib
 

@@ -7,7 +7,7 @@ import pytest
 
 from stmn_tf.models import RFCN
 from stmn_tf.models import STMN
-from stmn_tf.models import VARIANT_BUILDERS
+from stmn_tf.models import VARIANTS
 from stmn_tf.models import ModelConfig
 from stmn_tf.models import build_model
 from stmn_tf.models import tiny_model_config
@@ -44,7 +44,7 @@ def test_variants(variant, cell, align):
     assert isinstance(model, STMN)
     assert (model.memory_cell, model.memory_align, model.num_classes) == (cell, align, 4)
     assert model.memory_layer.cell == cell
-    assert set(VARIANT_BUILDERS) == {"stmn", "stmn_no_matchtrans", "convgru_pretrain", "convgru_freshfc"}
+    assert set(VARIANTS) == {"stmn", "stmn_no_matchtrans", "convgru_pretrain", "convgru_freshfc"}
 
 
 def test_config_overrides_reach_the_model():

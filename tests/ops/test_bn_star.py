@@ -1,4 +1,4 @@
-"""BN* against a NumPy reference (paper Sec. 3.2, DESIGN.md §2)."""
+"""BN* against a NumPy reference (paper Sec. 3.2, as the authors implemented it)."""
 
 import keras
 import numpy as np

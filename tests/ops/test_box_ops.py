@@ -41,8 +41,14 @@ def test_conversions():
     boxes = np.array([[0.1, 0.2, 0.3, 0.4]], "float32")
     np.testing.assert_allclose(box_ops.boxes_yxyx_to_xyxy(boxes).numpy(), [[0.2, 0.1, 0.4, 0.3]])
     np.testing.assert_allclose(
-        box_ops.normalized_yxyx_to_pixels(boxes, 100, 200).numpy(), [[10, 40, 30, 80]], rtol=1e-6
+        box_ops.normalized_yxyx_to_pixel_xyxy(boxes, 100, 200), [[40, 10, 80, 30]], rtol=1e-6
     )
+    # A 50 x 100 frame resized to 32 x 64 at the top left of a 64 x 64 canvas: the
+    # canvas' y is twice the frame's; a box in the padding is clipped to the frame.
+    canvas = np.array([[0.25, 0.5, 0.5, 1.0], [0.6, 0.0, 0.9, 0.5]], "float32")
+    np.testing.assert_allclose(
+        box_ops.canvas_yxyx_to_frame_xyxy(canvas, (64, 64), (32, 64), (50, 100)),
+        [[50, 25, 100, 50], [0, 50, 50, 50]], rtol=1e-6)
 
 
 def test_anchor_shapes_keep_area():

@@ -34,10 +34,11 @@ def overrides(data_dir, **extra):
 def tiny_config(name, data_dir, **extra):
     """configs/<name>.yaml with the tiny data, resolved (the data generated)."""
     from stmn_tf import configs
+    from stmn_tf.data import synthetic
 
     config = configs.load_config(os.path.join(REPO, "configs", f"{name}.yaml"),
                                  overrides(data_dir, **extra))
-    return configs.resolve_synthetic_data(config)
+    return synthetic.resolve_synthetic_data(config)
 
 
 def free_port():

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from stmn_tf import configs
+from stmn_tf.training import checkpointing
 from stmn_tf.training import distribution
 from stmn_tf.training import trainer
 from tests.training.helpers import tiny_config
@@ -84,14 +85,14 @@ def test_checkpoints_logs_and_resume(stage1):
 
 
 def test_restore_model_matches_training(stage1, workdir):
-    model = configs.restore_model(stage1["config"], stage1["model_dir"])
+    model = checkpointing.restore_model(stage1["config"], stage1["model_dir"])[0]
     reader = tf.train.load_checkpoint(os.path.join(stage1["model_dir"], "ckpt-32"))
     saved = reader.get_tensor("model/head_conv/bias/.ATTRIBUTES/VARIABLE_VALUE")
     np.testing.assert_array_equal(np.asarray(model.head_conv.bias), saved)
     assert np.abs(saved).max() > 0  # trained: the bias started at zero
     stmn_config = tiny_config("synthetic_tiny_stmn", str(workdir / "data"))
     with pytest.raises(ValueError, match="does not match the 'stmn' model"):
-        configs.restore_model(stmn_config, stage1["model_dir"])
+        checkpointing.restore_model(stmn_config, stage1["model_dir"])[0]
 
 
 def test_stage2_init_from_transfers_weights(stage1, workdir, strategy):
@@ -125,5 +126,5 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(workdir, strategy)
     # The last checkpoint is the step before the bad one, and it loads.
     latest = tf.train.latest_checkpoint(model_dir)
     assert latest.endswith(f"ckpt-{bad_step - 1}")
-    model = configs.restore_model(config, model_dir)
+    model = checkpointing.restore_model(config, model_dir)[0]
     assert all(np.all(np.isfinite(np.asarray(w))) for w in model.weights)

@@ -1,4 +1,6 @@
-"""The test-time window schedule of STMN (DESIGN.md §2, Xiao & Lee Sec. 3.4 / 4).
+"""The test-time window schedule of STMN (Xiao & Lee Sec. 3.4 / 4), offline: the
+reference that `stmn_tf.inference.video.WindowedVideoDetector`'s streamed schedule is
+tested against (tests/inference/test_video.py).
 
 A video's frames are split into `stride` interleaved sub-sequences (frames i, i + stride,
 i + 2 * stride, ...), as at training time where clips sample 1 frame in 10; windows of
