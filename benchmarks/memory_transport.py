@@ -76,6 +76,8 @@ class ClipSpec:
       size: int. Height and width of the feature map, in cells.
       frames: int. T.
       classes: int. Number of object classes (cue channels).
+      objects: int. Objects per clip, of distinct classes (so that a memory cannot
+        answer by spreading one class over the whole map).
       texture_channels: int. Channels of the object's and the background's textures.
       object_size: int. The object is an `object_size` x `object_size` square (odd).
       noise: float. Standard deviation of the per-frame Gaussian noise on every channel.
@@ -86,6 +88,7 @@ class ClipSpec:
     size: int = 18
     frames: int = 6
     classes: int = 4
+    objects: int = 3
     texture_channels: int = 12
     object_size: int = 3
     noise: float = 0.1
@@ -98,12 +101,13 @@ class ClipSpec:
 
 
 def make_clips(rng, batch, speed, spec):
-    """Random clips of one object moving `speed` cells per frame.
+    """Random clips of `spec.objects` objects, each moving `speed` cells per frame.
 
-    The object's centre moves on a straight line, `speed` cells per frame in a
+    Each object's centre moves on a straight line, `speed` cells per frame in its own
     direction drawn uniformly in angle, and is drawn at the cell of its rounded centre;
-    the start is drawn so that the whole object stays inside the map for all frames.
-    Its class cue shows in one frame drawn uniformly.
+    its start is drawn so that the whole object stays inside the map for all frames.
+    The objects of a clip have distinct classes, and each shows its class cue in one
+    frame of its own, drawn uniformly. Where objects overlap, the later one is in front.
 
     Args:
       rng: `np.random.Generator`.
@@ -112,14 +116,19 @@ def make_clips(rng, batch, speed, spec):
       spec: `ClipSpec`.
 
     Returns:
-      dict of NumPy arrays:
+      dict of NumPy arrays (N = `spec.objects`):
         features: `[B, T, H, W, C]` float32; channels `[cue (classes) | objectness (1)
           | texture (texture_channels)]`.
-        labels: `[B]` int32 in `[0, classes)`.
-        masks: `[B, T, H, W]` bool, the object's cells.
-        cue: `[B, T]` bool, the frames where the cue shows.
-        centres: `[B, T, 2]` float64, the exact centre (row, column) in cells.
-        cells: `[B, T, 2]` int32, the rounded centre where the object is drawn.
+        labels: `[B, T, H, W]` int32, the class of the object in front at each cell,
+          -1 on the background.
+        hidden: `[B, T, H, W]` bool, object cells whose object's cue is hidden in that
+          frame (what the accuracy counts).
+        distance: `[B, T, H, W]` int32, frames from the cell's object's cue frame, -1
+          on the background.
+        classes: `[B, N]` int32, each object's class in `[0, classes)`.
+        cue: `[B, N, T]` bool, the frame where each object's cue shows.
+        centres: `[B, N, T, 2]` float64, exact centres (row, column) in cells.
+        cells: `[B, N, T, 2]` int32, the rounded centres where the objects are drawn.
     """
     if speed < 0:
         raise ValueError(f"make_clips: speed must be >= 0, got {speed}")
@@ -127,7 +136,12 @@ def make_clips(rng, batch, speed, spec):
         raise ValueError(f"make_clips: object_size must be odd, got {spec.object_size}")
     if spec.features not in ("relu", "signed"):
         raise ValueError(f"make_clips: features must be 'relu' or 'signed', got {spec.features!r}")
-    t_, s, r = spec.frames, spec.size, spec.object_size // 2
+    if not 1 <= spec.objects <= spec.classes:
+        raise ValueError(
+            f"make_clips: objects must be in [1, classes={spec.classes}] (distinct classes), "
+            f"got {spec.objects}"
+        )
+    t_, s, r, n_ = spec.frames, spec.size, spec.object_size // 2, spec.objects
     travel = speed * (t_ - 1)
     # The centre stays in [r, s - 1 - r] after rounding for every frame.
     room = s - 1 - 2 * r
@@ -137,68 +151,96 @@ def make_clips(rng, batch, speed, spec):
             f"travels {travel:.1f} cells, more than the {room:.0f} a {s}x{s} map leaves "
             f"for a {spec.object_size}x{spec.object_size} object"
         )
-    angle = rng.uniform(0.0, 2.0 * np.pi, size=batch)
-    step = speed * np.stack([np.sin(angle), np.cos(angle)], axis=-1)  # [B, 2] (dy, dx)
+    angle = rng.uniform(0.0, 2.0 * np.pi, size=(batch, n_))
+    step = speed * np.stack([np.sin(angle), np.cos(angle)], axis=-1)  # [B, N, 2] (dy, dx)
     span = step * (t_ - 1)
     low = r + np.maximum(0.0, -span)
     high = (s - 1 - r) - np.maximum(0.0, span)
-    start = low + rng.uniform(size=(batch, 2)) * (high - low)
-    centres = start[:, None, :] + np.arange(t_)[None, :, None] * step[:, None, :]
-    # Round half away from zero would bias; floor(x + 0.5) keeps the spacing exact.
-    cells = np.floor(centres + 0.5).astype(np.int32)
-    cells = np.clip(cells, r, s - 1 - r)
+    start = low + rng.uniform(size=(batch, n_, 2)) * (high - low)
+    centres = start[:, :, None, :] + np.arange(t_)[None, None, :, None] * step[:, :, None, :]
+    # floor(x + 0.5): half-cells always round the same way, so the spacing stays exact.
+    cells = np.clip(np.floor(centres + 0.5).astype(np.int32), r, s - 1 - r)
 
-    labels = rng.integers(0, spec.classes, size=batch).astype(np.int32)
-    cue_frame = rng.integers(0, t_, size=batch)
-    cue = np.arange(t_)[None, :] == cue_frame[:, None]
+    classes = np.argsort(rng.uniform(size=(batch, spec.classes)), axis=1)[:, :n_]
+    classes = classes.astype(np.int32)
+    cue_frame = rng.integers(0, t_, size=(batch, n_))
+    cue = np.arange(t_)[None, None, :] == cue_frame[:, :, None]  # [B, N, T]
 
     def texture(*shape):
         values = rng.normal(size=shape + (spec.texture_channels,))
         return np.maximum(values, 0.0) if spec.features == "relu" else values
 
     background = texture(batch, s, s)  # static over the clip, as a static scene
-    pattern = texture(batch, spec.object_size, spec.object_size)  # moves with the object
+    patterns = texture(batch, n_, spec.object_size, spec.object_size)  # move with objects
     features = np.zeros((batch, t_, s, s, spec.channels), np.float64)
     features[..., spec.classes + 1 :] = background[:, None]
-    masks = np.zeros((batch, t_, s, s), bool)
+    labels = np.full((batch, t_, s, s), -1, np.int32)
+    hidden = np.zeros((batch, t_, s, s), bool)
+    distance = np.full((batch, t_, s, s), -1, np.int32)
     for b in range(batch):
-        for t in range(t_):
-            y, x = cells[b, t]
-            window = (b, t, slice(y - r, y + r + 1), slice(x - r, x + r + 1))
-            masks[window] = True
-            features[window + (slice(spec.classes + 1, None),)] = pattern[b]
-            features[window + (spec.classes,)] = 1.0  # objectness
-            if cue[b, t]:
-                features[window + (labels[b],)] = 1.0
+        for j in range(n_):
+            for t in range(t_):
+                y, x = cells[b, j, t]
+                window = (b, t, slice(y - r, y + r + 1), slice(x - r, x + r + 1))
+                features[window] = 0.0
+                features[window + (slice(spec.classes + 1, None),)] = patterns[b, j]
+                features[window + (spec.classes,)] = 1.0  # objectness
+                if cue[b, j, t]:
+                    features[window + (classes[b, j],)] = 1.0
+                labels[window] = classes[b, j]
+                hidden[window] = not cue[b, j, t]
+                distance[window] = abs(t - cue_frame[b, j])
     features += spec.noise * rng.normal(size=features.shape)
     if spec.features == "relu":
         features = np.maximum(features, 0.0)
     return {
         "features": features.astype(np.float32),
         "labels": labels,
-        "masks": masks,
+        "hidden": hidden,
+        "distance": distance,
+        "classes": classes,
         "cue": cue,
         "centres": centres,
         "cells": cells,
     }
 
 
-def hidden_accuracy(predictions, labels, masks, cue):
-    """Correct object cells in the frames where the cue is hidden.
+def hidden_accuracy(predictions, labels, hidden):
+    """Correct object cells in the frames where their object's cue is hidden.
 
     Args:
       predictions: `[B, T, H, W]` int, the predicted class of every cell.
-      labels: `[B]` int, each clip's class.
-      masks: `[B, T, H, W]` bool, the object's cells.
-      cue: `[B, T]` bool, the frames where the cue shows (not counted).
+      labels: `[B, T, H, W]` int, the true class (-1 on the background).
+      hidden: `[B, T, H, W]` bool, the cells to count.
 
     Returns:
-      `(correct, counted)`: ints, over all clips, hidden frames and object cells.
+      `(correct, counted)`: ints.
     """
-    predictions = np.asarray(predictions)
-    counted = np.asarray(masks) & ~np.asarray(cue)[:, :, None, None]
-    correct = (predictions == np.asarray(labels)[:, None, None, None]) & counted
-    return int(correct.sum()), int(counted.sum())
+    hidden = np.asarray(hidden)
+    correct = (np.asarray(predictions) == np.asarray(labels)) & hidden
+    return int(correct.sum()), int(hidden.sum())
+
+
+def accuracy_by_distance(predictions, labels, hidden, distance, frames):
+    """`hidden_accuracy` split by the number of frames to the object's cue frame.
+
+    Args:
+      predictions, labels, hidden: as `hidden_accuracy`.
+      distance: `[B, T, H, W]` int, frames from the cell's object's cue frame.
+      frames: int. T.
+
+    Returns:
+      `(correct, counted)`: int arrays `[T]`, index d for the cells d frames away from
+      their cue; index 0 (cue frames) is always 0.
+    """
+    hidden, distance = np.asarray(hidden), np.asarray(distance)
+    right = (np.asarray(predictions) == np.asarray(labels)) & hidden
+    correct, counted = np.zeros(frames, int), np.zeros(frames, int)
+    for d in range(1, frames):
+        at = distance == d
+        correct[d] = int((right & at).sum())
+        counted[d] = int((hidden & at).sum())
+    return correct, counted
 
 
 # ----------------------------------------------------------------------------------
@@ -390,13 +432,13 @@ def train(variant, train_speeds, seed, spec, args):
     optimizer = keras.optimizers.Adam(args.learning_rate, clipnorm=1.0)
 
     @tf.function
-    def train_step(features, labels, masks):
+    def train_step(features, labels):
         with tf.GradientTape() as tape:
             logits = model(features, training=True)  # [B, T, H, W, classes]
-            targets = tf.broadcast_to(labels[:, None, None, None], tf.shape(masks))
+            targets = tf.maximum(labels, 0)
             losses = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
-            # The class is asked at the object's cells in every frame, cue or not.
-            weights = tf.cast(masks, tf.float32)
+            # The class is asked at the objects' cells in every frame, cue or not.
+            weights = tf.cast(labels >= 0, tf.float32)
             loss = tf.reduce_sum(losses * weights) / tf.reduce_sum(weights)
         gradients = tape.gradient(loss, model.trainable_variables)
         optimizer.apply(gradients, model.trainable_variables)
@@ -405,7 +447,7 @@ def train(variant, train_speeds, seed, spec, args):
     for _ in range(args.steps):
         speed = train_speeds[rng.integers(len(train_speeds))]
         clips = make_clips(rng, args.batch, speed, spec)
-        loss = train_step(clips["features"], clips["labels"], clips["masks"])
+        loss = train_step(clips["features"], clips["labels"])
     return model, float(loss)
 
 
@@ -415,28 +457,39 @@ def predictor(model):
 
 
 def evaluate(predict, clips, batch=32):
-    """Hidden-frame accuracy of `predict` (see `predictor`) on `make_clips` output."""
+    """Hidden-frame accuracy of `predict` (see `predictor`) on `make_clips` output.
+
+    Returns:
+      `(accuracy, by_distance)`: a float in [0, 1], and a list `[T - 1]` of the
+      accuracy 1, 2, ... frames away from the cue (None where nothing was counted).
+    """
     correct = counted = 0
+    near, seen = 0, 0
     for start in range(0, len(clips["labels"]), batch):
         part = {key: value[start : start + batch] for key, value in clips.items()}
-        c, n = hidden_accuracy(
-            predict(part["features"]).numpy(), part["labels"], part["masks"], part["cue"]
-        )
+        predictions = predict(part["features"]).numpy()
+        c, n = hidden_accuracy(predictions, part["labels"], part["hidden"])
         correct, counted = correct + c, counted + n
-    return correct / max(counted, 1)
+        c, n = accuracy_by_distance(predictions, part["labels"], part["hidden"],
+                                    part["distance"], part["features"].shape[1])
+        near, seen = near + c, seen + n
+    by_distance = [float(c / n) if n else None for c, n in zip(near[1:], seen[1:])]
+    return correct / max(counted, 1), by_distance
 
 
 def coefficient_stats(clips, k=2, affinity="authors"):
-    """Peakedness of the forward MatchTrans coefficients at the object's centre cell.
+    """Peakedness of the forward MatchTrans coefficients at the objects' centre cells.
 
-    For every frame t >= 1, the coefficients of F_t's object-centre cell over the
+    For every object and frame t >= 1, the coefficients of F_t's object-centre cell
+    (skipped where another object is in front of it) over the
     window of F_{t-1}: their entropy (nats; a uniform 5x5 window is ln 25 = 3.22), the
     largest weight (uniform: 0.04), the weight on the true displacement, and how often
     the largest weight sits on the true displacement (counted only where that
     displacement is inside the window).
 
     Args:
-      clips: `make_clips` output.
+      clips: `make_clips` output (`features`, `cells`, and `labels` with `classes`
+        for the occlusion check when present).
       k: int. Window radius. Defaults to 2.
       affinity: str. As in `sharpened_coefficients`; `"authors"` uses
         `stmn_tf.ops.match_trans_coefficients`, the layers' own.
@@ -458,20 +511,23 @@ def coefficient_stats(clips, k=2, affinity="authors"):
     coefficients = coefficients.numpy().reshape(b_, t_ - 1, *coefficients.shape[1:])
     side = 2 * k + 1
     entropy, largest, true_weight, hits, reachable = [], [], [], [], []
-    for b in range(b_):
-        for t in range(1, t_):
-            y, x = cells[b, t]
-            c = coefficients[b, t - 1, y, x]
-            dy, dx = cells[b, t - 1] - cells[b, t]  # where the object came from
-            positive = c[c > 0]
-            entropy.append(float(-(positive * np.log(positive)).sum()))
-            largest.append(float(c.max()))
-            inside = abs(dy) <= k and abs(dx) <= k
-            reachable.append(inside)
-            if inside:
-                index = (dy + k) * side + (dx + k)
-                true_weight.append(float(c[index]))
-                hits.append(int(np.argmax(c)) == index)
+    for b, j, t in np.ndindex(b_, cells.shape[1], t_):
+        if t == 0:
+            continue
+        y, x = cells[b, j, t]
+        if "labels" in clips and clips["labels"][b, t, y, x] != clips["classes"][b, j]:
+            continue  # another object in front
+        c = coefficients[b, t - 1, y, x]
+        dy, dx = cells[b, j, t - 1] - cells[b, j, t]  # where the object came from
+        positive = c[c > 0]
+        entropy.append(float(-(positive * np.log(positive)).sum()))
+        largest.append(float(c.max()))
+        inside = abs(dy) <= k and abs(dx) <= k
+        reachable.append(inside)
+        if inside:
+            index = (dy + k) * side + (dx + k)
+            true_weight.append(float(c[index]))
+            hits.append(int(np.argmax(c)) == index)
     return {
         "entropy": float(np.mean(entropy)),
         "max_weight": float(np.mean(largest)),
@@ -529,6 +585,7 @@ def parse_args(argv):
     parser.add_argument("--size", type=int, default=ClipSpec.size)
     parser.add_argument("--frames", type=int, default=ClipSpec.frames)
     parser.add_argument("--noise", type=float, default=ClipSpec.noise)
+    parser.add_argument("--objects", type=int, default=ClipSpec.objects)
     parser.add_argument("--features", choices=("relu", "signed"), default=ClipSpec.features)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS,
                         default=list(MAIN_VARIANTS) + ["static"])
@@ -547,17 +604,19 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    spec = ClipSpec(size=args.size, frames=args.frames, noise=args.noise, features=args.features)
+    spec = ClipSpec(size=args.size, frames=args.frames, noise=args.noise,
+                    features=args.features, objects=args.objects)
     speeds = [float(v) for v in args.speeds]
     variants = list(dict.fromkeys(args.variants))
     print(f"memory transport: {spec.size}x{spec.size} maps, {spec.frames} frames, "
-          f"{spec.classes} classes, {spec.features} features, {args.steps} steps x "
+          f"{spec.objects} objects of {spec.classes} classes, {spec.features} features, {args.steps} steps x "
           f"{args.batch} clips, {len(speeds)} speeds x {args.seeds} seeds x "
           f"{len(variants)} variants, "
           f"{'one model per speed' if args.train_per_speed else 'trained on all speeds'}",
           flush=True)
 
     results = {variant: [[None] * args.seeds for _ in speeds] for variant in variants}
+    distances = {variant: [[None] * args.seeds for _ in speeds] for variant in variants}
     peakedness = {"authors": [], "power": [], "centred": []}
     eval_sets = []
     for i, speed in enumerate(speeds):
@@ -579,7 +638,9 @@ def main(argv=None):
                 model, loss = train(variant, [speeds[i] for i in group], seed, spec, args)
                 predict = predictor(model)
                 for i in group:
-                    results[variant][i][seed] = evaluate(predict, eval_sets[i])
+                    results[variant][i][seed], distances[variant][i][seed] = evaluate(
+                        predict, eval_sets[i]
+                    )
                 done += 1
                 elapsed = time.perf_counter() - started
                 scores = " ".join(f"v={speeds[i]:g}: {100 * results[variant][i][seed]:.1f}"
@@ -593,6 +654,13 @@ def main(argv=None):
     mean = {v: [float(np.mean(r)) for r in results[v]] for v in variants}
     spread = {v: [float(np.max(r) - np.min(r)) for r in results[v]] for v in variants}
     chance = 1.0 / spec.classes
+
+    def mean_over_seeds(rows):
+        values = np.array([[np.nan if a is None else a for a in row] for row in rows])
+        return [None if np.isnan(m) else round(float(m), 4) for m in np.nanmean(values, 0)]
+
+    by_distance = {v: [mean_over_seeds(distances[v][i]) for i in range(len(speeds))]
+                   for v in variants}
 
     print()
     print(f"Class accuracy (%) at the object's cells in cue-hidden frames, mean of "
@@ -618,6 +686,13 @@ def main(argv=None):
                   f"{_fmt(row['argmax_on_true'], 100, '.0f'):>11}% "
                   f"{100 * row['reachable']:>9.0f}%")
 
+    print()
+    print("Accuracy (%) by frames from the cue (1, 2, ...), mean of seeds")
+    for i, speed in enumerate(speeds):
+        print(f"{speed:>5g} " + " ".join(
+            f"{v}: " + "/".join(_fmt(a, 100, '.0f') for a in by_distance[v][i])
+            for v in variants if v != "static"))
+
     os.makedirs(args.output_dir, exist_ok=True)
     main_variants = [v for v in MAIN_VARIANTS if v in variants]
     payload = {
@@ -628,6 +703,7 @@ def main(argv=None):
         "other_accuracy": {v: [round(a, 4) for a in mean[v]] for v in variants
                            if v not in main_variants},
         "per_seed": {v: results[v] for v in variants},
+        "by_distance_to_cue": by_distance,
         "chance": chance,
         "coefficients": {a: [{k: None if x is None else round(x, 4) for k, x in row.items()}
                              for row in rows]

@@ -19,38 +19,46 @@ SPEC = mt.ClipSpec()
 
 
 @pytest.mark.parametrize("speed", [0.0, 0.5, 1.5, 3.0])
-def test_clips_move_the_object_by_speed_cells_per_frame(speed):
+def test_clips_move_each_object_by_speed_cells_per_frame(speed):
     clips = mt.make_clips(np.random.default_rng(0), 8, speed, SPEC)
-    steps = np.diff(clips["centres"], axis=1)  # [B, T-1, 2]
+    steps = np.diff(clips["centres"], axis=2)  # [B, N, T-1, 2]
     np.testing.assert_allclose(np.linalg.norm(steps, axis=-1), speed, atol=1e-9)
     # Straight lines: the same step in every frame of a clip.
-    np.testing.assert_allclose(steps, np.broadcast_to(steps[:, :1], steps.shape), atol=1e-9)
+    np.testing.assert_allclose(steps, np.broadcast_to(steps[:, :, :1], steps.shape), atol=1e-9)
     np.testing.assert_array_equal(clips["cells"], np.floor(clips["centres"] + 0.5))
-    b_, t_ = clips["labels"].shape[0], SPEC.frames
-    for b in range(b_):
-        for t in range(t_):
-            y, x = clips["cells"][b, t]
-            expected = np.zeros((SPEC.size, SPEC.size), bool)
-            expected[y - 1 : y + 2, x - 1 : x + 2] = True  # the 3x3 object, inside the map
-            np.testing.assert_array_equal(clips["masks"][b, t], expected)
+    for b in range(8):
+        assert len(set(clips["classes"][b])) == SPEC.objects  # distinct classes
+        for t in range(SPEC.frames):
+            expected = np.full((SPEC.size, SPEC.size), -1)
+            for j in range(SPEC.objects):  # later objects in front
+                y, x = clips["cells"][b, j, t]
+                expected[y - 1 : y + 2, x - 1 : x + 2] = clips["classes"][b, j]
+            np.testing.assert_array_equal(clips["labels"][b, t], expected)
             objectness = clips["features"][b, t, ..., SPEC.classes]
-            assert np.all(objectness[expected] > 0.5) and np.all(objectness[~expected] < 0.5)
+            inside = expected >= 0
+            assert np.all(objectness[inside] > 0.5) and np.all(objectness[~inside] < 0.5)
 
 
-def test_clips_show_the_cue_in_one_frame_at_the_object_only():
-    spec = mt.ClipSpec(noise=0.0)
+def test_clips_show_each_cue_in_one_frame_at_its_object_only():
+    spec = mt.ClipSpec(noise=0.0, objects=1)
     clips = mt.make_clips(np.random.default_rng(1), 16, 2.0, spec)
-    np.testing.assert_array_equal(clips["cue"].sum(axis=1), 1)
+    np.testing.assert_array_equal(clips["cue"].sum(axis=-1), 1)
     cue_channels = clips["features"][..., : spec.classes]  # [B, T, H, W, classes]
-    for b, label in enumerate(clips["labels"]):
+    for b in range(16):
+        label = clips["classes"][b, 0]
+        cue_frame = int(np.argmax(clips["cue"][b, 0]))
+        on_object = clips["labels"][b] >= 0  # [T, H, W]
         expected = np.zeros(cue_channels.shape[1:], np.float32)
-        t = int(np.argmax(clips["cue"][b]))
-        expected[t, clips["masks"][b, t], label] = 1.0
+        expected[cue_frame, on_object[cue_frame], label] = 1.0
         np.testing.assert_array_equal(cue_channels[b], expected)
+        hidden = on_object.copy()
+        hidden[cue_frame] = False
+        np.testing.assert_array_equal(clips["hidden"][b], hidden)
+        distance = np.where(on_object, np.abs(np.arange(spec.frames) - cue_frame)[:, None, None], -1)
+        np.testing.assert_array_equal(clips["distance"][b], distance)
     # The texture moves with the object: its cells carry the same vectors every frame.
-    b = 0
-    texture = clips["features"][b, ..., spec.classes + 1 :]
-    patches = [texture[t][clips["masks"][b, t]] for t in range(spec.frames)]
+    texture = clips["features"][0, ..., spec.classes + 1 :]
+    patches = [texture[t][clips["labels"][0, t] >= 0] for t in range(spec.frames)]
     for patch in patches[1:]:
         np.testing.assert_array_equal(patch, patches[0])
 
@@ -62,6 +70,8 @@ def test_clips_reject_what_does_not_fit():
         mt.make_clips(np.random.default_rng(0), 1, -1.0, SPEC)
     with pytest.raises(ValueError, match="features must be 'relu' or 'signed'"):
         mt.make_clips(np.random.default_rng(0), 1, 1.0, mt.ClipSpec(features="tanh"))
+    with pytest.raises(ValueError, match=r"objects must be in \[1, classes=4\]"):
+        mt.make_clips(np.random.default_rng(0), 1, 1.0, mt.ClipSpec(objects=5))
 
 
 def test_signed_and_relu_features():
@@ -70,17 +80,19 @@ def test_signed_and_relu_features():
     assert relu.min() >= 0.0 and signed["features"].min() < -1.0
 
 
-def test_hidden_accuracy_counts_object_cells_of_hidden_frames_only():
-    # 1 clip, 3 frames, 2x2 map: the object is the left column; the cue shows in frame 1.
-    masks = np.zeros((1, 3, 2, 2), bool)
-    masks[:, :, :, 0] = True
-    cue = np.array([[False, True, False]])
+def test_hidden_accuracy_counts_hidden_object_cells_only():
+    # 1 clip, 3 frames, 2x2 map: an object of class 2 in the left column, its cue in
+    # frame 1; the right column is background.
+    labels = np.full((1, 3, 2, 2), -1)
+    labels[:, :, :, 0] = 2
+    hidden = labels >= 0
+    hidden[:, 1] = False
     predictions = np.full((1, 3, 2, 2), 3)
     predictions[0, 0, 0, 0] = 2  # right: counted
     predictions[0, 1, :, 0] = 2  # right, but in the cue frame: not counted
     predictions[0, 2, 1, 0] = 2  # right: counted
-    predictions[0, :, :, 1] = 2  # background cells: not counted
-    assert mt.hidden_accuracy(predictions, np.array([2]), masks, cue) == (2, 4)
+    predictions[0, :, :, 1] = -1  # "right" on the background: not counted
+    assert mt.hidden_accuracy(predictions, labels, hidden) == (2, 4)
 
 
 def test_authors_affinity_is_the_layers_coefficients(rng):
@@ -152,13 +164,13 @@ def test_coefficient_stats_on_a_hand_built_match():
     frame1 = np.roll(frame0, 1, axis=0)
     frame1[0] = 0.0  # what enters from the top matches nothing
     clips = {"features": np.stack([frame0, frame1])[None],  # [1, 2, H, W, C]
-             "cells": np.array([[[2, 3], [3, 3]]])}
+             "cells": np.array([[[[2, 3], [3, 3]]]])}  # [B, N, T, 2]
     stats = mt.coefficient_stats(clips, k=2)
     assert stats["entropy"] == pytest.approx(0.0, abs=1e-6)
     assert stats["max_weight"] == pytest.approx(1.0)
     assert stats["true_weight"] == pytest.approx(1.0)
     assert stats["argmax_on_true"] == 1.0 and stats["reachable"] == 1.0
-    clips["cells"] = np.array([[[0, 3], [3, 3]]])  # claimed 3 cells: out of reach
+    clips["cells"] = np.array([[[[0, 3], [3, 3]]]])  # claimed 3 cells: out of reach
     assert mt.coefficient_stats(clips, k=2)["reachable"] == 0.0
 
 
@@ -176,3 +188,18 @@ def test_tiny_run_prints_the_documented_json(tmp_path, capsys):
         assert len(values) == 1 and 0.0 <= values[0] <= 1.0
     assert (tmp_path / "accuracy.png").stat().st_size > 0
     assert json.loads((tmp_path / "results.json").read_text())["accuracy"] == payload["accuracy"]
+
+
+def test_accuracy_by_distance_to_the_cue():
+    # 1 clip, 4 frames, one object cell of class 1; its cue in frame 1; right in
+    # frames 0 and 3.
+    labels = np.full((1, 4, 1, 2), -1)
+    labels[..., 0] = 1
+    hidden = labels >= 0
+    hidden[:, 1] = False
+    distance = np.where(labels >= 0, np.abs(np.arange(4) - 1)[None, :, None, None], -1)
+    predictions = np.array([1, 1, 0, 1])[None, :, None, None] * np.ones((1, 4, 1, 2), int)
+    correct, counted = mt.accuracy_by_distance(predictions, labels, hidden, distance, 4)
+    np.testing.assert_array_equal(counted, [0, 2, 1, 0])  # frames 0 and 2 are 1 away
+    np.testing.assert_array_equal(correct, [0, 1, 1, 0])  # frame 0 (d = 1), frame 3 (d = 2)
+    assert mt.hidden_accuracy(predictions, labels, hidden) == (2, 3)
