@@ -1,33 +1,43 @@
 """Does MatchTrans carry the memory along with a moving object? The layers alone.
 
 A controlled experiment on feature-level clips (no backbone, no detector): each clip
-holds one object of one of `--classes` classes on a static textured background. The
-object shows its class (a one-hot cue in the first `classes` channels) in one random
-frame only and moves `v` cells per frame in a random direction; in every frame it is
-visible as an object (an objectness channel and a texture of its own that moves with
-it). A small Keras model, memory -> 1x1 conv -> class logits, is trained to tell the
-class at the object's cells in every frame; it is measured on the frames where the cue
-is hidden, where only the memory can know the class. The memories compared:
+holds `--objects` objects (default 3) of distinct classes on a static textured
+background. Each object shows its class (a one-hot cue in the first `classes` channels)
+in one random frame of its own only and moves `v` cells per frame in a random
+direction; in every frame it is visible as an object (an objectness channel and a
+texture of its own that moves with it). With one object per clip a memory could answer
+by spreading that class over the whole map; with several of distinct classes it has to
+keep each class on its own object. A small Keras model, memory -> 1x1 conv -> class
+logits, is trained (on all speeds at once, or one model per speed with
+`--train-per-speed`) to tell the class at the objects' cells in every frame; it is
+measured on the frames where an object's cue is hidden, where only the memory can know
+the class. The memories compared:
 
     stmn                 BidirectionalSTMM(cell="stmm", align=True)   (paper Sec. 3)
     stmn_no_matchtrans   BidirectionalSTMM(cell="stmm", align=False)  (Table 2)
     convgru              BidirectionalSTMM(cell="convgru", align=False)
     static               a 3x3 conv with no memory (chance is 1 / classes)
+    convgru_matchtrans   BidirectionalSTMM(cell="convgru", align=True)  (not by default)
 
 plus, with `--prototypes`, STMN with sharpened MatchTrans affinities that the layers do
 not offer (yet): `stmn_power` (the ReLU'd cosine raised to a power before the
 normalisation) and `stmn_centred` (the features centred over the frame's positions
-before the cosine), built here from the public `STMMCell` and `match_trans` pieces.
+before the cosine), built here from the convolutions of public `STMMCell`s and
+`stmn_tf.ops.bn_star`.
 
 The input plays the part of STMN's F_t: the frame's own feature map that MatchTrans
 reads (paper Sec. 3.3), which STMN takes from a pretrained network. By default it is
 non-negative, as ReLU features are (`--features relu`): every channel is ReLU'd after
 the noise; `--features signed` keeps zero-mean textures instead. The 3x3 convolutions
 of the STMM move information by at most one cell per frame; MatchTrans (k = 2) by at
-most two; so for v > 1 only alignment can keep up with the object.
+most two (plus the convolutions' one); so for v > 1 a memory without alignment falls
+behind its object.
 
     python benchmarks/memory_transport.py [--speeds 0 0.5 1 1.5 2 2.5 3] [--seeds 3]
         [--steps 600] [--prototypes] [--output-dir reports/memory_transport]
+
+The default run (3 seeds x 4 variants, each trained on all 7 speeds) takes about 15
+minutes on 2 cores; each prototype adds about 4 minutes per seed.
 
 Prints a progress line per run, a table of hidden-frame accuracy per speed and
 variant (mean over seeds, spread max - min in brackets) and of the MatchTrans
@@ -63,7 +73,7 @@ from stmn_tf.layers import STMMCell  # noqa: E402
 DEFAULT_SPEEDS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 MAIN_VARIANTS = ("stmn", "stmn_no_matchtrans", "convgru")
 PROTOTYPES = ("stmn_power", "stmn_centred")
-VARIANTS = MAIN_VARIANTS + ("static",) + PROTOTYPES
+VARIANTS = MAIN_VARIANTS + ("static", "convgru_matchtrans") + PROTOTYPES
 _NORM_EPSILON = 1e-8  # as in stmn_tf.ops.match_trans
 _MIN_MASS = 1e-7
 
@@ -360,31 +370,45 @@ class SharpenedBidirectionalSTMM(keras.layers.Layer):
         self.backward_cell.build(step_shape)
         self.built = True
 
-    def _step(self, cell, features, prev_features, memory):
-        coefficients = sharpened_coefficients(
-            features, prev_features, self.k, self.affinity, self.power
-        )
+    def _step(self, cell, features, coefficients, memory):
         memory = align_with(coefficients, memory, self.k)  # Sec. 3.3
         z = ops.bn_star(keras.ops.relu(cell.conv_z_w(features) + cell.conv_z_u(memory)))  # Eq. 1
         r = ops.bn_star(keras.ops.relu(cell.conv_r_w(features) + cell.conv_r_u(memory)))  # Eq. 2
         candidate = keras.ops.relu(cell.conv_w(features) + cell.conv_u(r * memory))  # Eq. 3
         return (1.0 - z) * memory + z * candidate  # Eq. 4
 
-    def _run(self, cell, sequences, order):
+    def _run(self, cell, sequences, coefficients, order):
         shape = keras.ops.shape(sequences)
         memory = keras.ops.zeros((shape[0], shape[2], shape[3], self.filters))
         outputs = {}
-        prev = sequences[:, order[0]]  # the first step: F_{t-1} = F_t, zero memory
         for t in order:
-            memory = self._step(cell, sequences[:, t], prev, memory)
+            memory = self._step(cell, sequences[:, t], coefficients[t], memory)
             outputs[t] = memory
-            prev = sequences[:, t]
         return keras.ops.stack([outputs[t] for t in range(len(order))], axis=1)
 
     def call(self, sequences):
         steps = sequences.shape[1]
-        forward = self._run(self.forward_cell, sequences, list(range(steps)))
-        backward = self._run(self.backward_cell, sequences, list(range(steps))[::-1])
+        shape = keras.ops.shape(sequences)
+        # The coefficients read only the features: every pair of frames in one call.
+        # pairs[t] = coefficients(F_t, F_{t-1}); the backward memory uses (F_t, F_{t+1}).
+        flat = lambda x: keras.ops.reshape(x, (-1, shape[2], shape[3], sequences.shape[-1]))
+        later, earlier = flat(sequences[:, 1:]), flat(sequences[:, :-1])
+        both = sharpened_coefficients(
+            keras.ops.concatenate([later, earlier], 0),
+            keras.ops.concatenate([earlier, later], 0),
+            self.k, self.affinity, self.power,
+        )  # [2 * B * (T-1), H, W, (2k+1)^2]
+        both = keras.ops.reshape(both, (2, shape[0], steps - 1, shape[2], shape[3], -1))
+        # The first step of each direction: F_{t-1} = F_t with zero memory, where any
+        # alignment of the zero memory is zero; the identity stands in.
+        identity = keras.ops.zeros_like(both[0, :, 0]) + keras.ops.one_hot(
+            (2 * self.k + 1) * self.k + self.k, (2 * self.k + 1) ** 2
+        )
+        forward = [identity] + [both[0, :, t - 1] for t in range(1, steps)]
+        backward = [both[1, :, t] for t in range(steps - 1)] + [identity]
+        forward = self._run(self.forward_cell, sequences, forward, list(range(steps)))
+        backward = self._run(self.backward_cell, sequences, backward,
+                             list(range(steps))[::-1])
         return keras.ops.concatenate([forward, backward], axis=-1)
 
 
@@ -400,6 +424,8 @@ def memory_layer(variant, filters):
         return BidirectionalSTMM(filters, cell="stmm", align=False, name="memory")
     if variant == "convgru":
         return BidirectionalSTMM(filters, cell="convgru", align=False, name="memory")
+    if variant == "convgru_matchtrans":
+        return BidirectionalSTMM(filters, cell="convgru", align=True, name="memory")
     if variant == "static":
         # Each frame alone: a 3x3 conv over space only.
         return keras.layers.Conv3D(
