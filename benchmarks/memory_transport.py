@@ -567,21 +567,32 @@ def _fmt(value, scale, spec):
     return "-" if value is None else format(scale * value, spec)
 
 
-def write_plot(path, speeds, accuracy, spread, chance):
+def write_plot(path, speeds, per_seed, chance):
+    """Accuracy against speed per variant: the mean of the seeds, bars from min to max.
+
+    Args:
+      path: str. A `.png` file, written through a temporary name.
+      speeds: list of floats.
+      per_seed: dict variant -> `[len(speeds)][seeds]` accuracies in [0, 1].
+      chance: float.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for variant, values in accuracy.items():
-        ax.errorbar(speeds, 100 * np.asarray(values), yerr=50 * np.asarray(spread[variant]),
-                    marker="o", capsize=3, label=variant)
+    for variant, rows in per_seed.items():
+        values = 100 * np.asarray(rows, dtype=float)  # [speeds, seeds]
+        mean = values.mean(axis=1)
+        bars = np.stack([mean - values.min(axis=1), values.max(axis=1) - mean])
+        ax.errorbar(speeds, mean, yerr=bars, marker="o", capsize=3, label=variant)
     ax.axhline(100 * chance, color="grey", linestyle=":", label="chance")
     ax.axvline(2.0, color="grey", linestyle="--", linewidth=0.8)
     ax.text(2.02, 100 * chance + 2, "MatchTrans reach (k=2)", fontsize=8, color="grey")
     ax.set_xlabel("object speed v (cells per frame)")
     ax.set_ylabel("class accuracy, cue-hidden frames (%)")
+    ax.set_title("mean of seeds; bars: min to max", fontsize=9)
     ax.set_ylim(0, 102)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -742,7 +753,7 @@ def main(argv=None):
     }
     write_json(os.path.join(args.output_dir, "results.json"), payload)
     write_plot(os.path.join(args.output_dir, "accuracy.png"), speeds,
-               {v: mean[v] for v in variants}, spread, chance)
+               {v: results[v] for v in variants}, chance)
     print(f"\nwrote {args.output_dir}/results.json and accuracy.png "
           f"({payload['seconds'] / 60:.1f} min)")
     print(json.dumps(payload, separators=(", ", ": ")))
