@@ -1,11 +1,11 @@
-"""Input pipeline throughput at 600-pixel frames (DESIGN.md §6: never the bottleneck).
+"""Input pipeline throughput at 600-pixel frames (the target: never the bottleneck).
 
     python benchmarks/input_pipeline.py [--videos 4] [--clips 40] [--steps 20]
 
 Writes a few synthetic 600x800 videos to a temporary folder, then measures training
 clips/s and frames/s with and without augmentation (flip); then the pipeline's share
 of a training step of the tiny STMN on the embedded synthetic data (the real pipeline
-against one cached batch repeated, DESIGN.md §6: within 5%). Prints a table and a
+against one cached batch repeated; the target is within 5%). Prints a table and a
 final JSON line.
 """
 

@@ -272,7 +272,8 @@ def _report(demo, methods, window_maps, served, video_id):
               "- `ensemble_linked`: the union of the R-FCN's and STMN's detections per "
               "frame, then Seq-NMS (the paper's final entry).",
               "- `mAP_slow/medium/fast`: the FGFA motion split (motion IoU of the same "
-              "track at t-10 and t+10).", "",
+              "track with itself over the frames t-10 .. t+10, t excluded, where it exists; "
+              "bounds inclusive: slow [0.9, 1], medium [0.7, 0.9], fast [0, 0.7]).", "",
               "## mAP against the test window length", "",
               "| window | " + " | ".join(str(w) for w in sorted(window_maps)) + " |",
               "| --- | " + " | ".join("---" for _ in window_maps) + " |",

@@ -335,7 +335,7 @@ def test_independent_process_without_tf_function_cache(tmp_path):
 
 
 def test_public_names_are_the_functions_after_importing_everything():
-    """DESIGN.md §3 names: importing layers or models never hides them with modules."""
+    """The public op names stay functions after importing layers or models (no module shadows them)."""
     import stmn_tf.layers  # noqa: F401  (imports the op modules)
     import stmn_tf.ops
 
