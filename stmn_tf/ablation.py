@@ -1,7 +1,15 @@
 """The paper's Table 2 in miniature on the embedded synthetic data (`make ablation`).
 
-    python -m stmn_tf.ablation [--output reports/ablation] [--rfcn-dir DIR] [--rfcn-steps N]
-        [--stmn-steps N] [--seeds 0 1] [--max-videos N] [--variants stmn ...]
+    python -m stmn_tf.ablation [--preset default|motion] [--output DIR] [--rfcn-dir DIR]
+        [--rfcn-steps N] [--stmn-steps N] [--seeds 0 1] [--max-videos N]
+        [--variants stmn ...] [--params-override a.b=1,...]
+
+Presets (the data the runs train and test on):
+    default  make demo's synthetic videos; objects move at most half a feature cell
+             between sampled frames, so that alignment has little to do.
+    motion   the same design with objects 2 to 4 times faster (8 to 16 px a frame, one
+             to two cells of the 8x8 map between frames sampled 1 in 2), the regime where
+             MatchTrans should matter; its own data directory and its own R-FCN.
 
 Runs, each through the project's own command-line tools (as `make demo` does):
 
@@ -11,7 +19,9 @@ Runs, each through the project's own command-line tools (as `make demo` does):
  2. for each seed and each variant of Table 2 (STMN, STMN-No-MatchTrans,
     ConvGRU-Pretrain, ConvGRU-FreshFC): `train.py --init-from` that same R-FCN with the
     same step budget and `train.seed = train_data.seed = S`, into
-    `<output>/<variant>_seed<S>`, then `evaluate.py --window 11 --linking none`;
+    `<output>/<variant>_seed<S>`, then `evaluate.py --window 11 --linking none`
+    (`--params-override` adds overrides to these runs only, e.g.
+    `model.memory.affinity_power=1.0` for the authors' MatchTrans affinity);
  3. `<output>/README.md`, `results.json` and `ablation.png`, rewritten after every run.
 
 A run whose `eval.json` exists is skipped, so an interrupted ablation resumes where it
@@ -49,6 +59,14 @@ VARIANT_STEPS = 500
 WINDOW = 11
 METRICS = ("mAP", "mAP_slow", "mAP_medium", "mAP_fast")
 DEMO_RFCN_DIR = os.path.join(REPO, "reports", "demo", "rfcn")
+# Config overrides of each preset, applied to every run (the R-FCN's too).
+PRESETS = {
+    "default": (),
+    "motion": ("synthetic_data_dir=data/synthetic_motion",
+               "train_data.synthetic.min_speed=8.0", "train_data.synthetic.max_speed=16.0"),
+}
+DEFAULT_OUTPUTS = {"default": os.path.join(REPO, "reports", "ablation"),
+                   "motion": os.path.join(REPO, "reports", "ablation_motion")}
 
 
 def variant_config(variant):
@@ -60,7 +78,8 @@ class Run:
     """One row entry of the table: a model (trained here or not) and its evaluation.
 
     `method` is "rfcn" (the static R-FCN, `seed` None) or a variant of `VARIANTS`;
-    `train` says whether train.py runs into `model_dir` before the evaluation.
+    `train` says whether train.py runs into `model_dir` before the evaluation;
+    `overrides` are config overrides ("key=value") of both.
     """
 
     method: str
@@ -70,6 +89,7 @@ class Run:
     eval_path: str
     train: bool
     init_from: Optional[str] = None
+    overrides: tuple = ()
 
     @property
     def name(self):
@@ -86,13 +106,18 @@ class Run:
             args = ["--config", self.config, "--model-dir", self.model_dir, "--steps", steps]
             if self.init_from:
                 args += ["--init-from", self.init_from]
+            overrides = list(self.overrides)
             if self.seed is not None:
-                args += ["--params-override", f"train.seed={self.seed},train_data.seed={self.seed}"]
+                overrides += [f"train.seed={self.seed}", f"train_data.seed={self.seed}"]
+            if overrides:
+                args += ["--params-override", ",".join(overrides)]
             commands.append(("train.py", args))
         limit = ["--max-videos", max_videos] if max_videos else []
+        evaluate_overrides = ["--params-override", ",".join(self.overrides)] if self.overrides else []
         commands.append(("evaluate.py", ["--config", self.config, "--checkpoint", self.model_dir,
                                          "--window", WINDOW, "--linking", "none",
-                                         "--output", self.eval_path, *limit]))
+                                         "--output", self.eval_path, *limit,
+                                         *evaluate_overrides]))
         return commands
 
 
@@ -121,7 +146,7 @@ def checkpoint_step(directory):
 
 
 def choose_rfcn(output, rfcn_dir=None, rfcn_steps=RFCN_STEPS, demo_dir=DEMO_RFCN_DIR):
-    """Which static R-FCN all variants start from.
+    """Which static R-FCN all variants start from (`demo_dir` None: never make demo's).
 
     Returns:
         (directory, train, reason): `train` when train.py must (continue to) train it.
@@ -140,25 +165,29 @@ def choose_rfcn(output, rfcn_dir=None, rfcn_steps=RFCN_STEPS, demo_dir=DEMO_RFCN
         # An earlier, possibly interrupted, run of the ablation: keep the variants'
         # common starting point (train.py continues it up to `rfcn_steps`).
         return own, True, f"trained here, step {step} of {rfcn_steps}"
-    step = checkpoint_step(demo_dir)
+    step = None if demo_dir is None else checkpoint_step(demo_dir)
     if step is not None and step >= rfcn_steps:
         return os.path.abspath(demo_dir), False, f"make demo's, step {step}"
     why = "" if step is None else f"; {demo_dir} is at step {step} < {rfcn_steps}"
     return own, True, f"trained here to {rfcn_steps} steps{why}"
 
 
-def plan_runs(output, rfcn_dir, train_rfcn=False, variants=VARIANTS, seeds=SEEDS):
+def plan_runs(output, rfcn_dir, train_rfcn=False, variants=VARIANTS, seeds=SEEDS,
+              preset=(), overrides=()):
     """The static R-FCN's run, then every variant for each seed (seed by seed, so that
-    an interrupted ablation has whole rows of one seed first)."""
+    an interrupted ablation has whole rows of one seed first). `preset` overrides go
+    into every run, `overrides` into the variants' only."""
     output = os.path.abspath(output)
+    preset, overrides = tuple(preset), tuple(overrides)
     runs = [Run("rfcn", None, RFCN_CONFIG, rfcn_dir, os.path.join(output, "rfcn", "eval.json"),
-                train_rfcn)]
+                train_rfcn, overrides=preset)]
     for seed in seeds:
         for variant in VARIANTS:
             if variant in variants:
                 model_dir = os.path.join(output, f"{variant}_seed{seed}")
                 runs.append(Run(variant, int(seed), variant_config(variant), model_dir,
-                                os.path.join(model_dir, "eval.json"), True, rfcn_dir))
+                                os.path.join(model_dir, "eval.json"), True, rfcn_dir,
+                                overrides=preset + overrides))
     return runs
 
 
@@ -414,7 +443,10 @@ def report(demo, runs, args, rfcn, timings):
     rows = summarize(evals, args.variants, args.seeds)
     verdict = order_verdict(rows)
     budget = {"stmn_steps": args.stmn_steps, "seeds": list(args.seeds),
-              "variants": list(args.variants), "rfcn": rfcn, **_train_shape(runs)}
+              "variants": list(args.variants), "rfcn": rfcn, "preset": args.preset,
+              "preset_overrides": list(PRESETS[args.preset]),
+              "variant_overrides": [o.strip() for o in args.params_override.split(",")
+                                    if o.strip()], **_train_shape(runs)}
     budget["run_steps"] = {r.name: checkpoint_step(r.model_dir) for r in runs}
     commands = [shown_command(script, a) for run in runs
                 for script, a in run.commands(args.rfcn_steps if run.method == "rfcn"
@@ -428,7 +460,12 @@ def report(demo, runs, args, rfcn, timings):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default=os.path.join(REPO, "reports", "ablation"))
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                        help="the data: make demo's videos, or objects moving 1-2 feature "
+                             "cells between sampled frames (see the module docstring)")
+    parser.add_argument("--output", default=None,
+                        help="default reports/ablation (preset default) or "
+                             "reports/ablation_motion (preset motion)")
     parser.add_argument("--rfcn-dir", default=None,
                         help="the static R-FCN to start from (default: <output>/rfcn from an "
                              "earlier run, else reports/demo/rfcn when at --rfcn-steps, else "
@@ -441,18 +478,27 @@ def main(argv=None):
     parser.add_argument("--max-videos", type=int, default=0,
                         help="evaluate on the first N test videos only (0: all)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--params-override", default="",
+                        help='config overrides of the variants\' runs, e.g. '
+                             '"model.memory.affinity_power=1.0"')
     args = parser.parse_args(argv)
+    args.output = args.output or DEFAULT_OUTPUTS[args.preset]
+    overrides = [o.strip() for o in args.params_override.split(",") if o.strip()]
     args.variants = [v for v in VARIANTS if v in args.variants]
     args.seeds = list(dict.fromkeys(args.seeds))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     demo = Demo(args.output, args.rfcn_steps, args.stmn_steps, args.max_videos)
     os.makedirs(demo.output, exist_ok=True)
-    rfcn_dir, train_rfcn, source = choose_rfcn(demo.output, args.rfcn_dir, args.rfcn_steps)
+    # Only the default preset's data is make demo's, so only it may reuse make demo's R-FCN.
+    rfcn_dir, train_rfcn, source = choose_rfcn(
+        demo.output, args.rfcn_dir, args.rfcn_steps,
+        DEMO_RFCN_DIR if args.preset == "default" else None)
     print(f"static R-FCN: {rfcn_dir} ({source})")
     rfcn = {"dir": rfcn_dir, "source": source,
             "dir_shown": os.path.relpath(rfcn_dir, REPO) if rfcn_dir.startswith(REPO) else rfcn_dir}
-    runs = plan_runs(demo.output, rfcn_dir, train_rfcn, args.variants, args.seeds)
+    runs = plan_runs(demo.output, rfcn_dir, train_rfcn, args.variants, args.seeds,
+                     PRESETS[args.preset], overrides)
     timings = previous_timings(demo.output)
     for k, run in enumerate(runs, start=1):
         stage = f"run {k}/{len(runs)}: {LABELS[run.method]}" + (

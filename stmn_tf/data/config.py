@@ -29,6 +29,8 @@ class SyntheticConfig(hyperparams.Config):
         max_speed: object speed in pixels per frame. Between frames sampled 1 in s,
             an object moves at most max_speed * s (+ the background pan): keep it
             within 2 feature cells (32 px at stride 16, MatchTrans k = 2).
+        min_speed: the slowest object's speed in pixels per frame (each object's
+            speed is uniform in [min_speed, max_speed]); None for 0.3 * max_speed.
         background_speed: camera pan in pixels per frame.
         cue_threshold: the class pattern shows while cos(viewpoint) > this (0.5:
             a third of the time).
@@ -57,6 +59,7 @@ class SyntheticConfig(hyperparams.Config):
     min_object_size: int = 28
     max_object_size: int = 48
     max_speed: float = 4.0
+    min_speed: Optional[float] = None
     background_speed: float = 1.5
     cue_threshold: float = 0.5
     min_turn_period: float = 8.0

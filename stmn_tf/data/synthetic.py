@@ -12,9 +12,11 @@ background for 3-6 frames), bursts of camera-shake motion blur that wipe out the
 pattern, scale changes (+-10..35%), 0 to `max_objects` objects bouncing around a
 cluttered panning background, and sensor noise.
 
-Motion: objects move at most `max_speed` pixels a frame (default 4), the background
-pans at `background_speed`; between frames sampled 1 in 2 an object moves at most
-about 11 px, well inside MatchTrans' 5x5-cell window at stride 16.
+Motion: objects move at `min_speed` to `max_speed` pixels a frame (default 1.2 to 4),
+the background pans at `background_speed`; between frames sampled 1 in 2 an object
+moves at most about 11 px, well inside MatchTrans' 5x5-cell window at stride 16. The
+ablation's motion preset (`python -m stmn_tf.ablation --preset motion`) draws 8 to 16
+px a frame: one to two feature cells between sampled frames.
 
 Entry points:
     generate_video(config, split, index) -> (frames uint8 [F, H, W, 3] RGB, annotations)
@@ -127,9 +129,22 @@ def _background(rng, height, width):
     return canvas
 
 
+def check_speeds(config):
+    """Raises a ValueError naming `min_speed` / `max_speed` when they do not make a
+    range of speeds (0 <= min_speed <= max_speed)."""
+    if config.max_speed < 0:
+        raise ValueError(f"max_speed must be >= 0, got {config.max_speed}")
+    if config.min_speed is not None and not 0 <= config.min_speed <= config.max_speed:
+        raise ValueError(f"min_speed must be in [0, max_speed = {config.max_speed}], "
+                         f"got {config.min_speed}")
+
+
 def _new_object(rng, config, label, track_id):
     size = rng.uniform(config.min_object_size, config.max_object_size)
-    speed = rng.uniform(0.3, 1.0) * config.max_speed
+    if config.min_speed is None:
+        speed = rng.uniform(0.3, 1.0) * config.max_speed
+    else:
+        speed = rng.uniform(config.min_speed, config.max_speed)
     angle = rng.uniform(0, 2 * np.pi)
     # A greyish body (any brightness, a faint tint): the saturated class inks stand
     # out on it, and nothing about the body tells the class.
@@ -318,7 +333,10 @@ def make_video(config, split, index):
 
 
 def _config_dict(config):
-    return config.as_dict() if hasattr(config, "as_dict") else dict(config)
+    data = config.as_dict() if hasattr(config, "as_dict") else dict(config)
+    # Unset optional parameters keep the stamps (fingerprints) of data sets generated
+    # before they existed.
+    return {key: value for key, value in data.items() if value is not None}
 
 
 def _build(task, skip_errors, config_dict, split):
@@ -402,6 +420,7 @@ def ensure_synthetic_dataset(directory, config=None, splits=tuple(SPLITS), worke
     generation is redone on the next call.
     """
     config = config or config_lib.SyntheticConfig()
+    check_speeds(config)
     os.makedirs(directory, exist_ok=True)
     fingerprint = _fingerprint(config)
     patterns = {}
