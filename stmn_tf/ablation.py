@@ -2,7 +2,7 @@
 
     python -m stmn_tf.ablation [--preset default|motion] [--output DIR] [--rfcn-dir DIR]
         [--rfcn-steps N] [--stmn-steps N] [--seeds 0 1] [--max-videos N]
-        [--variants stmn ...] [--params-override a.b=1,...]
+        [--variants stmn ...] [--params-override a.b=1,...] [--report-only]
 
 Presets (the data the runs train and test on):
     default  make demo's synthetic videos; objects move at most half a feature cell
@@ -478,6 +478,9 @@ def main(argv=None):
     parser.add_argument("--max-videos", type=int, default=0,
                         help="evaluate on the first N test videos only (0: all)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report from the runs already evaluated; train "
+                             "and evaluate nothing")
     parser.add_argument("--params-override", default="",
                         help='config overrides of the variants\' runs, e.g. '
                              '"model.memory.affinity_power=1.0"')
@@ -500,7 +503,7 @@ def main(argv=None):
     runs = plan_runs(demo.output, rfcn_dir, train_rfcn, args.variants, args.seeds,
                      PRESETS[args.preset], overrides)
     timings = previous_timings(demo.output)
-    for k, run in enumerate(runs, start=1):
+    for k, run in enumerate([] if args.report_only else runs, start=1):
         stage = f"run {k}/{len(runs)}: {LABELS[run.method]}" + (
             "" if run.seed is None else f", seed {run.seed}")
         demo.stage(stage)

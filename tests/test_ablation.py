@@ -274,3 +274,49 @@ def test_main_skips_evaluated_runs_and_reports(tmp_path, monkeypatch, capsys):
     assert results["budget"]["run_steps"]["rfcn"] == 3000
     assert (out / "ablation.png").exists()
     assert "- stmn_seed0: 61.0" in (out / "README.md").read_text()
+
+
+def test_motion_preset_and_variant_overrides_reach_every_command():
+    preset = ablation.PRESETS["motion"]
+    runs = ablation.plan_runs("/out", "/r", train_rfcn=True, variants=("stmn",), seeds=(2,),
+                              preset=preset, overrides=("model.memory.affinity_power=1.0",))
+    (rfcn_train, rfcn_eval), (train, evaluate) = runs[0].commands(3000), runs[1].commands(500)
+    overrides = rfcn_train[1][rfcn_train[1].index("--params-override") + 1].split(",")
+    assert overrides == list(preset)  # the R-FCN gets the data, not the variant overrides
+    assert rfcn_eval[1][rfcn_eval[1].index("--params-override") + 1].split(",") == list(preset)
+    overrides = train[1][train[1].index("--params-override") + 1].split(",")
+    assert overrides == list(preset) + ["model.memory.affinity_power=1.0", "train.seed=2",
+                                        "train_data.seed=2"]
+    # Evaluation reads the same data and builds the same model; the seeds do not matter there.
+    assert evaluate[1][evaluate[1].index("--params-override") + 1].split(",") == \
+        list(preset) + ["model.memory.affinity_power=1.0"]
+    assert any(o.startswith("synthetic_data_dir=") for o in preset)
+
+
+def test_motion_preset_never_takes_make_demos_rfcn(tmp_path):
+    demo = tmp_path / "demo_rfcn"
+    fake_checkpoint(demo, 5000)
+    directory, train, _ = ablation.choose_rfcn(tmp_path / "out", None, 3000, demo_dir=None)
+    assert directory == str(tmp_path / "out" / "rfcn") and train
+    directory, train, _ = ablation.choose_rfcn(tmp_path / "out2", None, 3000, demo_dir=str(demo))
+    assert directory == str(demo) and not train
+
+
+def test_report_only_trains_nothing(tmp_path, monkeypatch, capsys):
+    rfcn = tmp_path / "rfcn_model"
+    fake_checkpoint(rfcn, 3000)
+    out = tmp_path / "out"
+    runs = ablation.plan_runs(out, str(rfcn), seeds=(0,))
+    write_eval(runs[0].eval_path, "rfcn", 0.3)
+    write_eval(runs[1].eval_path, "stmn", 0.5)  # STMN seed 0 only
+
+    def no_run(self, *args):
+        raise AssertionError(f"ran {args}")
+
+    monkeypatch.setattr(ablation.Demo, "run", no_run)
+    ablation.main(["--output", str(out), "--rfcn-dir", str(rfcn), "--seeds", "0",
+                   "--report-only", "--preset", "motion"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["budget"]["preset"] == "motion"
+    assert [r["n"] for r in results["rows"]] == [1, 1, 0, 0, 0]
+    assert results["order"]["holds"] is None
