@@ -119,12 +119,14 @@ STMN_HOST_DEVICE A Sharpen(A a, float power) {
 #endif
 }
 
-// The affinity of the authors' code, the ReLU'd cosine with each norm + 1e-8, raised
-// to `power` (1 in the authors' code).
+// The affinity of the authors' code: the ReLU'd cosine, with each norm + 1e-8. The
+// kernels store it (in [0, 1], so half precision is safe) and raise it to the power
+// when they sum the window's mass and when they normalise (NormalisedCoefficient):
+// a powered affinity stored in half would lose its digits below 6e-5.
 template <typename A>
-STMN_HOST_DEVICE A Affinity(A dot, A norm_f, A norm_q, float power) {
+STMN_HOST_DEVICE A Affinity(A dot, A norm_f, A norm_q) {
   const A a = dot / (norm_f * norm_q);
-  return a > A(0) ? Sharpen(a, power) : A(0);
+  return a > A(0) ? a : A(0);
 }
 
 // True for finite v (NaN and +-Inf give NaN in v - v). The library is built without
@@ -147,11 +149,14 @@ STMN_HOST_DEVICE A NotANumber() {
 }
 
 // One normalised coefficient from its affinity as stored in T (out-of-bounds
-// offsets store 0) and the window's mass (the sum of the unrounded affinities);
-// with no positive affinity the memory is kept as it is: a one-hot at the centre.
+// offsets store 0), raised to `power`, and the window's mass (the sum of the powered
+// unrounded affinities); with no mass the memory is kept as it is: a one-hot at the
+// centre.
 template <typename T, typename A>
-STMN_HOST_DEVICE T NormalisedCoefficient(T affinity, A mass, bool centre) {
-  if (mass >= A(kMinMass)) return static_cast<T>(static_cast<A>(affinity) * (A(1) / mass));
+STMN_HOST_DEVICE T NormalisedCoefficient(T affinity, A mass, bool centre, float power) {
+  if (mass >= A(kMinMass)) {
+    return static_cast<T>(Sharpen(static_cast<A>(affinity), power) * (A(1) / mass));
+  }
   return static_cast<T>(centre ? A(1) : A(0));
 }
 
@@ -188,12 +193,12 @@ inline A NormPlusEpsilon(const T* v, int64_t n) {
 }
 
 // Normalises a window of affinities (in `coef`, [(2k+1)^2], out-of-bounds entries 0)
-// by their sum `mass`.
+// raised to `power` by `mass`, the sum of the powered affinities.
 template <typename T, typename A>
-inline void NormaliseWindow(A mass, int k, T* coef) {
+inline void NormaliseWindow(A mass, int k, float power, T* coef) {
   const int K = 2 * k + 1;
   for (int i = 0; i < K * K; ++i) {
-    coef[i] = NormalisedCoefficient<T, A>(coef[i], mass, i == k * K + k);
+    coef[i] = NormalisedCoefficient<T, A>(coef[i], mass, i == k * K + k, power);
   }
 }
 
@@ -262,14 +267,14 @@ inline void CoefficientsAt(const T* features, const T* prev_features, const A* p
       A a = A(0);
       if (qy >= 0 && qy < H && qx >= 0 && qx < W) {  // out-of-bounds: skipped
         const int64_t q = qy * W + qx;
-        a = Affinity<A>(Dot<A>(f, prev_features + q * C, C), norm_f, prev_norms[q], power);
+        a = Affinity<A>(Dot<A>(f, prev_features + q * C, C), norm_f, prev_norms[q]);
         finite = finite && IsFinite(prev_norms[q]);
       }
-      mass += a;
+      mass += Sharpen(a, power);
       coef[(dy + k) * K + (dx + k)] = static_cast<T>(a);
     }
   }
-  NormaliseWindow<T, A>(mass, k, coef);
+  NormaliseWindow<T, A>(mass, k, power, coef);
   if (!finite) PoisonWindow<T>(H, W, k, y, x, coef);
 }
 

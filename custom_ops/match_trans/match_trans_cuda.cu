@@ -168,8 +168,7 @@ __global__ void MatchTransForward(Dims dims, const T* __restrict__ features,
             const A dot = WarpSum(acc[j]);
             if (w.lane == 0) {
               const int64_t q = (y + dy) * W + (x + dxs + j);
-              window[(dy + k) * K + (dxs + j + k)] =
-                  Affinity<A>(dot, norm_f, norms_image[q], power);
+              window[(dy + k) * K + (dxs + j + k)] = Affinity<A>(dot, norm_f, norms_image[q]);
             }
           }
         }
@@ -178,12 +177,13 @@ __global__ void MatchTransForward(Dims dims, const T* __restrict__ features,
     __syncwarp();
 
     A partial = A(0);
-    for (int o = w.lane; o < K2; o += kWarp) partial += window[o];
+    for (int o = w.lane; o < K2; o += kWarp) partial += Sharpen(window[o], power);
     const A mass = WarpSum(partial);
     T* coef = coefficients + i * K2;
     for (int o = w.lane; o < K2; o += kWarp) {
       // The affinity rounded to T first, as the CPU stores it before normalising.
-      T c = NormalisedCoefficient<T, A>(static_cast<T>(window[o]), mass, o == k * K + k);
+      T c = NormalisedCoefficient<T, A>(static_cast<T>(window[o]), mass, o == k * K + k,
+                                        power);
       const int dy = o / K - k, dx = o % K - k;
       if (!features_ok && dy >= dy0 && dy <= dy1 && dx >= dx0 && dx <= dx1) {
         c = NotANumber<T>();  // in-bounds offsets only, as PoisonWindow

@@ -191,14 +191,14 @@ void ForwardRowsFloat(const Dims& dims, const float* features, const float* prev
           float a = 0.f;
           if (y + dy >= 0 && y + dy < H && x + dx >= 0 && x + dx < W) {
             const float norm_q = prev_norms[b * HW + (y + dy) * W + x + dx];
-            a = Affinity<float>(dots[x * K2 + o], norms[x], norm_q, power);
+            a = Affinity<float>(dots[x * K2 + o], norms[x], norm_q);
             finite = finite && IsFinite(norm_q);
           }
-          mass += a;
+          mass += Sharpen(a, power);
           coef[o] = a;
         }
       }
-      NormaliseWindow<float, float>(mass, k, coef);
+      NormaliseWindow<float, float>(mass, k, power, coef);
       if (!finite) PoisonWindow<float>(H, W, k, y, x, coef);
       AlignAt<float, float>(coef, prev_memory + b * HW * D, memory_flags + b * HW, H, W, D,
                             k, y, x, aligned + i * D);
