@@ -316,11 +316,19 @@ def _banded_align(layout, coefficients, memory):
     def align(memory):
         # Non-finite memory zeroed for the products (which would spread it over the
         # tile), then NaN at the positions whose window holds it.
-        finite = tf.math.is_finite(memory)
-        bad = layout.window_any(~tf.reduce_all(finite, axis=-1))  # [positions]
-        clean = tf.where(finite, memory, tf.zeros_like(memory))
-        out = _banded_sum(layout, coefficients, clean)
-        out = layout.ungrid(tf.where(bad[:, None], tf.constant(np.nan, out.dtype), out))
+        # The passes over the memory run only when it holds a non-finite value.
+        bad_cells = ~tf.math.is_finite(tf.reduce_sum(memory - memory, axis=-1))  # [B, H, W]
+        any_bad = tf.reduce_any(bad_cells)
+        clean = tf.cond(any_bad,
+                        lambda: tf.where(tf.math.is_finite(memory), memory,
+                                         tf.zeros_like(memory)),
+                        lambda: memory)
+        out = _banded_sum(layout, coefficients, clean)  # [positions, D]
+        out = tf.cond(any_bad,
+                      lambda: tf.where(layout.window_any(bad_cells)[:, None],
+                                       tf.constant(np.nan, out.dtype), out),
+                      lambda: out)
+        out = layout.ungrid(out)
 
         def grad(upstream):
             # d out(p) / d memory(q) = c(p, q - p): the band transposed.
