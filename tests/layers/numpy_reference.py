@@ -35,8 +35,9 @@ def bn_star(x, std_multiplier=3.0):
     return np.clip(x, 0.0, upper_bound) / upper_bound, upper_bound
 
 
-def match_trans(features, prev_features, prev_memory, k):
-    """Per position and offset: ReLU'd cosine over in-bounds neighbours, normalised."""
+def match_trans(features, prev_features, prev_memory, k, affinity_power=1.0):
+    """Per position and offset: ReLU'd cosine over in-bounds neighbours, raised to
+    `affinity_power`, normalised."""
     batch, height, width, _ = features.shape
     out = np.zeros(prev_memory.shape, dtype=np.float64)
     for b in range(batch):
@@ -53,7 +54,7 @@ def match_trans(features, prev_features, prev_memory, k):
                         cosine = f @ g / (
                             (np.linalg.norm(f) + 1e-8) * (np.linalg.norm(g) + 1e-8)
                         )
-                        weights.append(max(0.0, cosine))
+                        weights.append(max(0.0, cosine) ** affinity_power)
                         memories.append(prev_memory[b, yy, xx])
                 mass = sum(weights)
                 if mass >= 1e-7:
@@ -64,13 +65,13 @@ def match_trans(features, prev_features, prev_memory, k):
 
 
 def stmm_step(weights, features, prev_features, memory, *, k, align, scale=1.0,
-              std_multiplier=3.0, gru=False):
+              std_multiplier=3.0, gru=False, affinity_power=1.0):
     """The authors' STMM step (or the ConvGRU step when `gru`).
 
     weights: dict with kernels w, z_w, r_w, u, z_u, r_u and biases b_w, b_z, b_r.
     Returns (new memory, z, r).
     """
-    m = match_trans(features, prev_features, memory, k) if align else memory
+    m = match_trans(features, prev_features, memory, k, affinity_power) if align else memory
     wf = scale * conv2d_same(features, weights["w"], weights["b_w"])
     zf = scale * conv2d_same(features, weights["z_w"], weights["b_z"])
     rf = scale * conv2d_same(features, weights["r_w"], weights["b_r"])

@@ -5,6 +5,8 @@ import doctest
 import numpy as np
 import pytest
 
+from stmn_tf.configs import ConfigError
+from stmn_tf.configs import apply_overrides
 from stmn_tf.models import RFCN
 from stmn_tf.models import STMN
 from stmn_tf.models import VARIANTS
@@ -72,3 +74,29 @@ def test_docstring_examples(module):
     for test in tests:
         runner.run(test)
     assert runner.failures == 0
+
+
+def test_affinity_power_reaches_the_memory():
+    config = tiny_model_config("stmn")
+    assert config.memory.affinity_power == 1.0  # the authors' MatchTrans by default
+    assert build_model(config).memory_layer.affinity_power == 1.0
+    config.override({"memory": {"affinity_power": 4}})
+    model = build_model(config)
+    assert model.memory_affinity_power == 4 and model.memory_layer.affinity_power == 4
+    assert model.get_config()["memory_affinity_power"] == 4
+    config.override({"memory": {"direction": "forward"}})
+    assert build_model(config).memory_layer.cell.affinity_power == 4
+
+
+@pytest.mark.parametrize("power", [0.0, -2.0, float("inf"), float("nan")])
+def test_bad_affinity_power_is_named(power):
+    config = tiny_model_config("stmn")
+    config.memory.affinity_power = power
+    with pytest.raises(ValueError, match=r"memory.affinity_power must be a finite number > 0"):
+        build_model(config)
+
+
+def test_affinity_power_override_must_be_a_number():
+    config = tiny_model_config("stmn")
+    with pytest.raises(ConfigError, match="memory.affinity_power must be float"):
+        apply_overrides(config, {"memory": {"affinity_power": "sharp"}})
