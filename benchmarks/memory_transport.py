@@ -13,15 +13,16 @@ logits, is trained (on all speeds at once, or one model per speed with
 measured on the frames where an object's cue is hidden, where only the memory can know
 the class. The memories compared:
 
-    stmn                 BidirectionalSTMM(cell="stmm", align=True)   (paper Sec. 3,
-                         the authors' MatchTrans, affinity_power=1)
+    stmn                 BidirectionalSTMM(cell="stmm", align=True,
+                         affinity_power=--affinity-power, default 4): STMN as the
+                         tiny configs build it, the ReLU'd cosine raised to a power
+                         before the normalisation (non-negative features make every
+                         cosine positive and the authors' weights nearly flat)
+    stmn_authors         the same with affinity_power=1, the authors' MatchTrans
     stmn_no_matchtrans   BidirectionalSTMM(cell="stmm", align=False)  (Table 2)
     convgru              BidirectionalSTMM(cell="convgru", align=False)
     static               a 3x3 conv with no memory (chance is 1 / classes)
     convgru_matchtrans   BidirectionalSTMM(cell="convgru", align=True)  (not by default)
-    stmn_sharpened       BidirectionalSTMM(cell="stmm", align=True,
-                         affinity_power=--affinity-power)  (not by default): the
-                         ReLU'd cosine raised to a power before the normalisation
 
 plus, with `--prototypes`, a sharpening that the layers do not offer:
 `stmn_centred` (the features centred over the frame's positions before the cosine),
@@ -36,10 +37,10 @@ most two (plus the convolutions' one); so for v > 1 a memory without alignment f
 behind its object.
 
     python benchmarks/memory_transport.py [--speeds 0 0.5 1 1.5 2 2.5 3] [--seeds 3]
-        [--steps 600] [--variants ... stmn_sharpened] [--affinity-power 4]
+        [--steps 600] [--variants ...] [--affinity-power 4]
         [--prototypes] [--output-dir reports/memory_transport]
 
-The default run (3 seeds x 4 variants, each trained on all 7 speeds) takes about 15
+The default run (3 seeds x 5 variants, each trained on all 7 speeds) takes about 20
 minutes on 2 cores; each prototype adds about 4 minutes per seed.
 
 Prints a progress line per run, a table of hidden-frame accuracy per speed and
@@ -76,7 +77,7 @@ from stmn_tf.layers import STMMCell  # noqa: E402
 DEFAULT_SPEEDS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 MAIN_VARIANTS = ("stmn", "stmn_no_matchtrans", "convgru")
 PROTOTYPES = ("stmn_centred",)
-VARIANTS = MAIN_VARIANTS + ("static", "convgru_matchtrans", "stmn_sharpened") + PROTOTYPES
+VARIANTS = MAIN_VARIANTS + ("static", "stmn_authors", "convgru_matchtrans") + PROTOTYPES
 DEFAULT_AFFINITY_POWER = 4.0
 _NORM_EPSILON = 1e-8  # as in stmn_tf.ops.match_trans
 _MIN_MASS = 1e-7
@@ -415,8 +416,11 @@ class CentredBidirectionalSTMM(keras.layers.Layer):
 
 def memory_layer(variant, filters, affinity_power=DEFAULT_AFFINITY_POWER):
     """The layer that the variant puts between the features and the classifier
-    (`affinity_power`: that of `stmn_sharpened`)."""
+    (`affinity_power`: that of `stmn`)."""
     if variant == "stmn":
+        return BidirectionalSTMM(filters, cell="stmm", align=True,
+                                 affinity_power=affinity_power, name="memory")
+    if variant == "stmn_authors":
         return BidirectionalSTMM(filters, cell="stmm", align=True, name="memory")
     if variant == "stmn_no_matchtrans":
         return BidirectionalSTMM(filters, cell="stmm", align=False, name="memory")
@@ -429,9 +433,6 @@ def memory_layer(variant, filters, affinity_power=DEFAULT_AFFINITY_POWER):
         return keras.layers.Conv3D(
             2 * filters, (1, 3, 3), padding="same", activation="relu", name="memory"
         )
-    if variant == "stmn_sharpened":
-        return BidirectionalSTMM(filters, cell="stmm", align=True,
-                                 affinity_power=affinity_power, name="memory")
     if variant == "stmn_centred":
         return CentredBidirectionalSTMM(filters, affinity="centred", name="memory")
     raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -628,12 +629,12 @@ def parse_args(argv):
     parser.add_argument("--objects", type=int, default=ClipSpec.objects)
     parser.add_argument("--features", choices=("relu", "signed"), default=ClipSpec.features)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS,
-                        default=list(MAIN_VARIANTS) + ["static"])
+                        default=list(MAIN_VARIANTS) + ["static", "stmn_authors"])
     parser.add_argument("--train-per-speed", action="store_true",
                         help="train one model per speed (default: one on all speeds)")
     parser.add_argument("--affinity-power", type=float, default=DEFAULT_AFFINITY_POWER,
-                        help="MatchTrans affinity power of the stmn_sharpened variant "
-                             "(stmn is the authors' 1.0)")
+                        help="MatchTrans affinity power of the stmn variant "
+                             "(stmn_authors is the authors' 1.0)")
     parser.add_argument("--prototypes", action="store_true",
                         help=f"also run the sharpened-MatchTrans prototypes {PROTOTYPES}")
     parser.add_argument("--output-dir", default=os.path.join("reports", "memory_transport"))

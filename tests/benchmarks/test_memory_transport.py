@@ -143,7 +143,7 @@ def test_centred_coefficients_match_numpy(rng):
 
 def test_power_statistics_read_the_layers_affinity_power(rng):
     # The "power" row of the peakedness table is the op's affinity_power, as used by
-    # the stmn_sharpened variant: the same coefficients as the NumPy reference.
+    # the stmn variant: the same coefficients as the NumPy reference.
     features = np.maximum(rng.normal(size=(1, 2, 5, 5, 6)), 0).astype("float32")
     clips = {"features": features, "cells": np.array([[[[2, 2], [2, 3]]]])}
     expected = _numpy_coefficients(features[:, 1], features[:, 0], 2, "power", 3.0)[0, 2, 3]
@@ -153,12 +153,14 @@ def test_power_statistics_read_the_layers_affinity_power(rng):
     assert stats["true_weight"] == pytest.approx(expected[2 * 5 + 1], rel=1e-5)
 
 
-def test_stmn_sharpened_is_bidirectional_stmm_with_the_power():
+def test_stmn_is_bidirectional_stmm_with_the_power():
     spec = mt.ClipSpec(size=8, frames=3)
-    layer = mt.build_model("stmn_sharpened", spec, 4, affinity_power=2.5).get_layer("memory")
+    layer = mt.build_model("stmn", spec, 4, affinity_power=2.5).get_layer("memory")
     assert isinstance(layer, BidirectionalSTMM)
     assert layer.align and layer.cell == "stmm" and layer.affinity_power == 2.5
-    assert mt.build_model("stmn", spec, 4).get_layer("memory").affinity_power == 1.0
+    assert mt.build_model("stmn", spec, 4).get_layer("memory").affinity_power == 4.0
+    authors = mt.build_model("stmn_authors", spec, 4, affinity_power=2.5).get_layer("memory")
+    assert authors.align and authors.affinity_power == 1.0
 
 
 def test_prototype_with_the_authors_affinity_is_bidirectional_stmm(rng):
