@@ -73,6 +73,9 @@ class EvalConfig(hyperparams.Config):
     window: int = 11
     stride: int = 10
     window_step: int = 1
+    # Which covering windows a frame's detections come from: all | center
+    # (stmn_tf.inference.video.WindowedVideoDetector's `merge`).
+    window_merge: str = "all"
     linking: str = "seq_nms"  # seq_nms | viterbi | none
     ensemble: bool = True
     batch_windows: int = 1

@@ -10,11 +10,15 @@ exactly what a user would run (the commands are printed and written to the repor
  3. stage 2: STMN initialised from it and fine-tuned (`--init-from`);
  4. evaluation on the test videos: static R-FCN, STMN, STMN + Seq-NMS, the ensemble
     + Seq-NMS (`evaluate.py`), and STMN's mAP against the test window length
-    (3, 7, 11, 15 frames, the paper's Sec. 4.3);
+    (3, 7, 11, 15 frames, the paper's Sec. 4.3), with each frame's detections from
+    every window that covers it and from its most central window (`SWEEP_MERGES`);
  5. the portable SavedModel (`export.py`), loaded and run on a synthetic test video;
  6. `detect.py` on a synthetic test video (annotated MP4 and GIF, memory saliency with
     and without MatchTrans, the paper's Fig. 4) and on the real 1080p street clip;
- 7. `reports/demo/`: README.md, metrics.json and the plots.
+ 7. the memory saliency inside the ground-truth boxes over outside, on the test videos
+    (`stmn_tf.evaluation.saliency`), with and without MatchTrans;
+ 8. `reports/demo/`: README.md, metrics.json and the plots, with the table of
+    `benchmarks/memory_transport.py` when its results.json is there.
 """
 
 import argparse
@@ -30,6 +34,16 @@ STREET_CLIP = os.path.join(os.path.dirname(REPO), "shared", "data", "street_1080
 RFCN_CONFIG = os.path.join(REPO, "configs", "synthetic_tiny_rfcn.yaml")
 STMN_CONFIG = os.path.join(REPO, "configs", "synthetic_tiny_stmn.yaml")
 WINDOWS = (3, 7, 11, 15)
+# The sweep with each frame's detections from every window that covers it (the
+# authors' merge) and from the one window where it is most central: with every window,
+# the number of windows a frame collects changes with T and the video's length (on the
+# synthetic test videos, 2.6 / 4.2 / 3.7 / 2.2 per frame for T = 3 / 7 / 11 / 15), so
+# that sweep measures an ensemble's size as much as the memory's reach.
+SWEEP_MERGES = ("all", "center")
+MERGE_LABELS = {"all": "every covering window (the authors')",
+                "center": "the window where the frame is most central"}
+# `benchmarks/memory_transport.py`'s output, shown in the report when it is there.
+MEMORY_TRANSPORT_JSON = os.path.join(REPO, "reports", "memory_transport", "results.json")
 # The default training budgets (`make ablation` uses the same).
 RFCN_STEPS = 3000
 STMN_STEPS = 2000
@@ -97,13 +111,33 @@ def _evaluate(demo):
              "--output", demo.path("eval_window11.json"), *limit)
     demo.end_stage()
     demo.stage("STMN's mAP against the test window length")
-    for window in WINDOWS:
-        if window == 11:
-            continue
-        demo.run("evaluate.py", "--config", STMN_CONFIG, "--checkpoint", demo.path("stmn"),
-                 "--window", window, "--linking", "none",
-                 "--output", demo.path(f"eval_window{window}.json"), *limit)
+    for merge in SWEEP_MERGES:
+        for window in WINDOWS:
+            if window == 11 and merge == "all":
+                continue  # the main evaluation above
+            demo.run("evaluate.py", "--config", STMN_CONFIG, "--checkpoint", demo.path("stmn"),
+                     "--window", window, "--linking", "none",
+                     "--params-override", f"eval.window_merge={merge}",
+                     "--output", demo.path(sweep_file(window, merge)), *limit)
     demo.end_stage()
+
+
+def sweep_file(window, merge):
+    """The evaluation JSON of one point of the window sweep."""
+    return f"eval_window{window}.json" if merge == "all" else f"eval_window{window}_{merge}.json"
+
+
+def _window_sweep(demo, methods):
+    """`{merge: {window: STMN mAP}}`; the window-11 all-windows point is the main run's."""
+    sweep = {}
+    for merge in SWEEP_MERGES:
+        sweep[merge] = {}
+        for window in WINDOWS:
+            if window == 11 and merge == "all":
+                sweep[merge][window] = methods["stmn"]["mAP"]
+            else:
+                sweep[merge][window] = _load_methods(demo.path(sweep_file(window, merge)))["stmn"]["mAP"]
+    return sweep
 
 
 def _load_methods(path):
@@ -185,6 +219,53 @@ def _detect(demo, frames_dir):
     demo.end_stage()
 
 
+def _saliency_ratios(demo):
+    """The memory's saliency inside ground-truth boxes over outside, on the test videos
+    (`stmn_tf.evaluation.saliency`), with and without MatchTrans (the same weights)."""
+    from stmn_tf import configs
+    from stmn_tf.data import synthetic
+    from stmn_tf.evaluation import run as eval_run
+    from stmn_tf.evaluation import saliency
+    from stmn_tf.training import checkpointing
+
+    demo.stage("memory saliency inside and outside the ground-truth boxes")
+    ratios = {}
+    for name, align in (("stmn", True), ("stmn_align_off", False)):
+        config = configs.load_config(STMN_CONFIG, f"model.memory.align={align}")
+        config = synthetic.resolve_synthetic_data(config, root=REPO)
+        model = checkpointing.restore_model(config, demo.path("stmn"))[0]
+        videos = eval_run.eval_frames(config.eval_data, demo.max_videos or None)
+        ratios[name] = saliency.evaluate_saliency(model, videos, config.eval.window,
+                                                  config.eval.stride, progress=True)
+        print(f"{name}: saliency inside / outside the boxes {ratios[name]['ratio']:.3f}")
+    demo.end_stage()
+    return ratios
+
+
+def memory_transport_results():
+    """`benchmarks/memory_transport.py`'s results, or None when it has not been run."""
+    if not os.path.exists(MEMORY_TRANSPORT_JSON):
+        return None
+    with open(MEMORY_TRANSPORT_JSON) as f:
+        return json.load(f)
+
+
+def memory_transport_table(results):
+    """Markdown lines for `benchmarks/memory_transport.py`'s results (None: not run)."""
+    if results is None:
+        return ["(`python benchmarks/memory_transport.py` has not been run: no "
+                f"`{os.path.relpath(MEMORY_TRANSPORT_JSON, REPO)}`.)"]
+    speeds = results["speeds"]
+    lines = ["Class accuracy (%) at an object's cells in the frames where its cue is hidden, "
+             f"against its speed (feature cells per frame), mean of {results['seeds']} seeds "
+             "(`python benchmarks/memory_transport.py`; the layers alone, no detector):", "",
+             "| memory | " + " | ".join(f"v={v:g}" for v in speeds) + " |",
+             "| --- | " + " | ".join("---" for _ in speeds) + " |"]
+    for variant, accuracy in results["accuracy"].items():
+        lines.append(f"| {variant} | " + " | ".join(_percent(a) for a in accuracy) + " |")
+    return lines
+
+
 def _gif_from_mp4(mp4, gif, max_frames=40):
     import cv2
     from PIL import Image
@@ -201,7 +282,7 @@ def _gif_from_mp4(mp4, gif, max_frames=40):
     return bool(frames)
 
 
-def _plots(demo, window_maps):
+def _plots(demo, sweep):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,12 +302,14 @@ def _plots(demo, window_maps):
     fig.savefig(demo.path("training_losses.png"), dpi=100)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    windows = sorted(window_maps)
-    ax.plot(windows, [100 * window_maps[w] for w in windows], "o-")
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for merge, maps in sweep.items():
+        windows = sorted(maps)
+        ax.plot(windows, [100 * maps[w] for w in windows], "o-", label=MERGE_LABELS[merge])
     ax.set_xlabel("test window length (frames)")
     ax.set_ylabel("STMN mAP (%)")
-    ax.set_xticks(windows)
+    ax.set_xticks(WINDOWS)
+    ax.legend(fontsize=8, title="a frame's detections from", title_fontsize=8)
     ax.set_title("mAP against the test window (paper Sec. 4.3)")
     fig.tight_layout()
     fig.savefig(demo.path("map_vs_window.png"), dpi=100)
@@ -237,7 +320,30 @@ def _percent(value):
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def _report(demo, methods, window_maps, served, video_id):
+def window_sweep_table(sweep):
+    """Markdown table lines: STMN mAP (%) per window length, one row per merge."""
+    lines = ["| a frame's detections from | " + " | ".join(f"T={w}" for w in WINDOWS) + " |",
+             "| --- | " + " | ".join("---" for _ in WINDOWS) + " |"]
+    for merge, maps in sweep.items():
+        lines.append(f"| {MERGE_LABELS[merge]} | "
+                     + " | ".join(_percent(maps.get(w)) for w in WINDOWS) + " |")
+    return lines
+
+
+def saliency_table(ratios):
+    lines = ["Mean saliency at the feature cells inside ground-truth boxes over the mean "
+             "outside them, all test videos (`stmn_tf.evaluation.saliency`; 1 = the memory "
+             "does not single out the objects):", "",
+             "| memory | inside | outside | inside / outside |", "| --- | --- | --- | --- |"]
+    labels = {"stmn": "STMN (MatchTrans)", "stmn_align_off": "same weights, MatchTrans off"}
+    for name, r in ratios.items():
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
+        lines.append(f"| {labels.get(name, name)} | {r['inside_mean']:.3f} | "
+                     f"{r['outside_mean']:.3f} | {ratio} |")
+    return lines
+
+
+def _report(demo, methods, sweep, served, video_id, ratios, transport):
     from stmn_tf import configs
     from stmn_tf.inference import postprocess
 
@@ -246,7 +352,12 @@ def _report(demo, methods, window_maps, served, video_id):
     keys = {"static": "rfcn", "stmn": "stmn", "stmn_linked": "stmn+seq_nms",
             "ensemble_linked": "ensemble+seq_nms"}
     metrics = {name: methods[key] for name, key in keys.items() if key in methods}
-    metrics["window_sweep_mAP"] = {str(w): m for w, m in sorted(window_maps.items())}
+    metrics["window_sweep_mAP"] = {merge: {str(w): m for w, m in sorted(maps.items())}
+                                   for merge, maps in sweep.items()}
+    metrics["saliency_inside_over_outside"] = ratios
+    if transport is not None:
+        metrics["memory_transport_accuracy"] = {"speeds": transport["speeds"],
+                                                **transport["accuracy"]}
     metrics["saved_model"] = served
     metrics["timings_seconds"] = demo.timings
     with open(demo.path("metrics.json"), "w") as f:
@@ -275,11 +386,10 @@ def _report(demo, methods, window_maps, served, video_id):
               "track with itself over the frames t-10 .. t+10, t excluded, where it exists; "
               "bounds inclusive: slow [0.9, 1], medium [0.7, 0.9], fast [0, 0.7]).", "",
               "## mAP against the test window length", "",
-              "| window | " + " | ".join(str(w) for w in sorted(window_maps)) + " |",
-              "| --- | " + " | ".join("---" for _ in window_maps) + " |",
-              "| STMN mAP | " + " | ".join(_percent(window_maps[w])
-                                           for w in sorted(window_maps)) + " |", "",
-              "(windows other than 11 without linking.)", "",
+              *window_sweep_table(sweep), "",
+              "(STMN without linking. A frame's detections come from every window that "
+              "covers it, merged by per-class NMS, or from the one window in which it is "
+              "most central; `eval.window_merge`.)", "",
               "![losses](training_losses.png)", "", "![windows](map_vs_window.png)", "",
               "## Pictures", "",
               f"- `test_video/annotated.mp4` and `test_video/annotated.gif`: STMN on the "
@@ -291,6 +401,9 @@ def _report(demo, methods, window_maps, served, video_id):
               "only the synthetic classes, so this shows the video path, not accuracy).", "",
               "![saliency with MatchTrans](test_video/saliency.png)", "",
               "![saliency without MatchTrans](test_video_no_matchtrans/saliency.png)", "",
+              *saliency_table(ratios), "",
+              "## Memory transport (the layers alone)", "",
+              *memory_transport_table(transport), "",
               f"SavedModel (`export/1`, standard ops only) in a fresh process on "
               f"{served['frames']} frames: {served['seconds']} s.", "",
               "## Timings (seconds)", ""]
@@ -318,15 +431,13 @@ def main(argv=None):
     _train(demo)
     _evaluate(demo)
     methods = _load_methods(demo.path("eval_window11.json"))
-    window_maps = {11: methods["stmn"]["mAP"]}
-    for window in WINDOWS:
-        if window != 11:
-            window_maps[window] = _load_methods(demo.path(f"eval_window{window}.json"))["stmn"]["mAP"]
+    sweep = _window_sweep(demo, methods)
     served = _export_and_serve(demo)
     _detect(demo, frames_dir)
+    ratios = _saliency_ratios(demo)
     _gif_from_mp4(demo.path("test_video", "annotated.mp4"), demo.path("test_video", "annotated.gif"))
-    _plots(demo, window_maps)
-    _report(demo, methods, window_maps, served, video_id)
+    _plots(demo, sweep)
+    _report(demo, methods, sweep, served, video_id, ratios, memory_transport_results())
     print(f"\nDone in {time.time() - demo.start:.0f} s: {demo.path('README.md')}")
     for name in ("static", "stmn", "stmn_linked", "ensemble_linked"):
         key = {"static": "rfcn", "stmn": "stmn", "stmn_linked": "stmn+seq_nms",

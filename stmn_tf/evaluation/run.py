@@ -71,8 +71,8 @@ def _restore(config, checkpoint, model_type=None):
 
 
 def evaluate_detectors(config, model=None, static_model=None, *, data=None, window=None,
-                       stride=None, step=None, linking=None, batch_windows=None, online=False,
-                       max_videos=None, progress=True, keep_frames=False):
+                       stride=None, step=None, linking=None, batch_windows=None, merge=None,
+                       online=False, max_videos=None, progress=True, keep_frames=False):
     """Runs the detectors over the eval split and scores every method.
 
     Args:
@@ -80,7 +80,8 @@ def evaluate_detectors(config, model=None, static_model=None, *, data=None, wind
         model: the main detector (STMN, or an R-FCN).
         static_model: optional R-FCN for the `rfcn` and ensemble methods.
         data: file pattern overriding `config.eval_data.input_path`.
-        window, stride, step, linking, batch_windows: override `config.eval`.
+        window, stride, step, linking, batch_windows, merge: override `config.eval`
+            (`merge`: its `window_merge`).
         online: the forward-only online runner instead of the windows.
         max_videos: evaluate the first N videos only.
         progress: show a tqdm progress bar.
@@ -104,7 +105,7 @@ def evaluate_detectors(config, model=None, static_model=None, *, data=None, wind
     if static_model is not None and main_name == "stmn":
         runners["rfcn"] = postprocess.make_runner(static_model, eval_config)
     runners[main_name] = postprocess.make_runner(model, eval_config, online, window, stride,
-                                                 step, batch_windows)
+                                                 step, batch_windows, merge)
     ensemble = "rfcn" in runners and main_name == "stmn" and eval_config.ensemble
     suffix = "" if linking == "none" else "+" + linking
 
@@ -165,6 +166,7 @@ def evaluate_detectors(config, model=None, static_model=None, *, data=None, wind
         "num_frames": frames_seen,
         "settings": {"window": window or eval_config.window, "stride": stride or eval_config.stride,
                      "step": step or eval_config.window_step, "linking": linking,
+                     "merge": merge or eval_config.window_merge,
                      "online": bool(online)},
     }
 

@@ -64,7 +64,7 @@ def class_names(config):
 
 
 def make_runner(model, eval_config, online=False, window=None, stride=None, step=None,
-                batch_windows=None):
+                batch_windows=None, merge=None):
     """A runner for `model` with the test schedule of `eval_config` (an `EvalConfig`),
     each value overridable; a static R-FCN gets per-frame detection."""
     window = window or eval_config.window
@@ -74,4 +74,5 @@ def make_runner(model, eval_config, online=False, window=None, stride=None, step
     return WindowedVideoDetector(model, window_length=window, stride=stride,
                                  step=step or eval_config.window_step,
                                  batch_windows=batch_windows or eval_config.batch_windows,
-                                 merge_iou=getattr(model, "nms_iou", 0.3))
+                                 merge_iou=getattr(model, "nms_iou", 0.3),
+                                 merge=merge or eval_config.window_merge)

@@ -64,6 +64,7 @@ from stmn_tf.ops import box_ops
 from stmn_tf.ops.seq_nms import nms_xyxy
 
 CACHES = ("features", "images")
+MERGES = ("all", "center")
 
 
 class PreparedFrame(dict):
@@ -158,6 +159,10 @@ class WindowedVideoDetector:
         batch_windows: windows per model call. Defaults to 1.
         merge_iou: per-class NMS threshold merging a frame's detections from its
             windows; None: the plain concatenation. Defaults to 0.3.
+        merge: which covering windows a frame takes its detections from: `"all"`
+            (every window that covers it, the authors' code) or `"center"` (only the
+            window in which it sits nearest the centre, ties to the earlier window).
+            Defaults to `"all"`.
         cache: `"features"` or `"images"` (models only). Defaults to `"features"`.
 
     Attributes:
@@ -168,7 +173,9 @@ class WindowedVideoDetector:
     """
 
     def __init__(self, detector, window_length=11, stride=10, step=1, batch_windows=1,
-                 merge_iou=0.3, cache="features"):
+                 merge_iou=0.3, cache="features", merge="all"):
+        if merge not in MERGES:
+            raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
         if hasattr(detector, "detect_from_features"):
             if not detector.has_memory:
                 window_length, stride = 1, 1  # R-FCN: per frame
@@ -183,6 +190,7 @@ class WindowedVideoDetector:
         self.step = step
         self.batch_windows = batch_windows
         self.merge_iou = merge_iou
+        self.merge = merge
         self.buffer_limit = window_length * stride
         self.reset()
 
@@ -191,7 +199,8 @@ class WindowedVideoDetector:
         self._sub_lengths = [0] * self.stride
         self._encoded = {}  # position -> encoding, the last stride * T frames
         self._frames = {}  # position -> PreparedFrame without its image
-        self._collected = {}  # position -> [(window start, boxes, scores, labels)]
+        # position -> [(window start, distance from the window's centre, boxes, scores, labels)]
+        self._collected = {}
         self._pending = {}  # window length -> queued windows
         self._pending_count = {}  # position -> queued windows covering it
         self._next = 0  # next position to give back
@@ -274,7 +283,8 @@ class WindowedVideoDetector:
         for b, (window, _) in enumerate(queued):
             self.windows_run.append(list(window))
             for t, position in enumerate(window):
-                self._collected[position].append((window[0],) + _unpack(outputs, b, t))
+                offset = abs(t - (len(window) - 1) / 2)
+                self._collected[position].append((window[0], offset) + _unpack(outputs, b, t))
                 self._pending_count[position] -= 1
 
     def _emit(self, final):
@@ -290,15 +300,18 @@ class WindowedVideoDetector:
 
     def _finalise(self, position):
         parts = sorted(self._collected.pop(position), key=lambda part: part[0])
+        num_windows = len(parts)
+        if self.merge == "center" and parts:
+            parts = [min(parts, key=lambda part: part[1])]  # min keeps the first of ties
         self._pending_count.pop(position, None)
         frame = self._frames.pop(position)
-        boxes = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, 4))
-        scores = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0)
-        labels = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64)
+        boxes = np.concatenate([p[2] for p in parts]) if parts else np.zeros((0, 4))
+        scores = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0)
+        labels = np.concatenate([p[4] for p in parts]) if parts else np.zeros(0, np.int64)
         boxes = box_ops.canvas_yxyx_to_frame_xyxy(boxes, self._padded_size, frame["image_size"],
                                                      frame["original_size"])
         boxes, scores, labels = merge_detections_xyxy(*_inside(boxes, scores, labels), self.merge_iou)
-        return frame_detections(position, frame, boxes, scores, labels, len(parts))
+        return frame_detections(position, frame, boxes, scores, labels, num_windows)
 
 
 def frame_detections(position, frame, boxes, scores, labels, num_windows=1):

@@ -73,6 +73,30 @@ def test_every_frame_collects_every_covering_window(num_frames, window, stride, 
         np.testing.assert_allclose(o["boxes"][:, 2], 2 * (frame + 1) / 1000.0)
 
 
+@pytest.mark.parametrize("num_frames,window,stride,step", [
+    (23, 3, 2, 1), (23, 4, 3, 2), (5, 11, 10, 1), (40, 7, 2, 1), (17, 5, 1, 3)])
+def test_center_merge_keeps_the_window_where_the_frame_is_most_central(num_frames, window,
+                                                                        stride, step):
+    fake = FakeDetector()
+    runner = WindowedVideoDetector(fake, window, stride, step, merge_iou=None, merge="center")
+    out = list(runner.run(fake_frames(num_frames)))
+    expected = video_windows(num_frames, window, stride, step)
+    covering = windows_per_frame(expected, num_frames)
+    for frame, o in enumerate(out):
+        # Reference: the covering window with the smallest |t - (T - 1) / 2|, the
+        # earliest-starting one among ties.
+        candidates = sorted((abs(expected[w].index(frame) - (len(expected[w]) - 1) / 2),
+                             expected[w][0]) for w, _ in covering[frame])
+        got = np.round(o["scores"] * 1e6).astype(np.int64)
+        assert got.tolist() == [candidates[0][1] * 1000 + frame + 1]
+        assert o["num_windows"] == len(candidates)
+
+
+def test_unknown_merge_is_an_error():
+    with pytest.raises(ValueError, match="merge must be one of"):
+        WindowedVideoDetector(FakeDetector(), 3, 2, merge="mean")
+
+
 def test_buffer_is_bounded_and_frames_come_back_while_streaming():
     fake = FakeDetector()
     window, stride = 4, 3
