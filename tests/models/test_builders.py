@@ -16,7 +16,9 @@ from stmn_tf.models import rfcn as rfcn_module
 from stmn_tf.models import rfcn_head as rfcn_head_module
 from stmn_tf.models import rpn as rpn_module
 from stmn_tf.models import stmn as stmn_module
-from tests.models.synthetic import TINY_KWARGS
+from stmn_tf.models import proposal_generator as proposal_generator_module
+from stmn_tf.models.builders import build_rfcn
+from stmn_tf.models.builders import build_stmn
 
 
 def test_default_config_is_the_paper():
@@ -42,8 +44,9 @@ def test_variants(variant, cell, align):
     config.override({"memory": {"variant": variant}})
     model = build_model(config)
     assert isinstance(model, STMN)
-    assert (model.memory_cell, model.memory_align, model.num_classes) == (cell, align, 4)
+    assert model.num_classes == 4
     assert model.memory_layer.cell == cell
+    assert all(c.align == align for c in model.memory_cells())
     assert set(VARIANTS) == {"stmn", "stmn_no_matchtrans", "convgru_pretrain", "convgru_freshfc"}
 
 
@@ -53,20 +56,22 @@ def test_config_overrides_reach_the_model():
     model = build_model(config)
     assert isinstance(model, RFCN)
     assert model.rfcn_head.class_conv.filters == 3 * 3 * 6
-    assert model.nms_iou == 0.45
+    assert model.decoder.nms_iou == 0.45
     config = tiny_model_config("stmn")
     config.override({"memory": {"variant": "stmn", "align": False, "direction": "forward"}})
     model = build_model(config)
-    assert not model.memory_align and model.memory_direction == "forward"
+    assert not model.memory_cells()[0].align and model.memory_direction == "forward"
 
 
 @pytest.mark.parametrize(
-    "module", [features_module, rpn_module, rfcn_head_module, rfcn_module, stmn_module]
+    "module", [features_module, rpn_module, rfcn_head_module, rfcn_module, stmn_module,
+               proposal_generator_module]
 )
 def test_docstring_examples(module):
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    globs = dict(vars(module), np=np, TINY_KWARGS=TINY_KWARGS)
+    globs = dict(vars(module), np=np, build_rfcn=build_rfcn, build_stmn=build_stmn,
+                 tiny_model_config=tiny_model_config)
     tests = [t for t in finder.find(module, globs=globs) if t.examples]
     assert tests
     for test in tests:
