@@ -36,19 +36,28 @@ import tensorflow as tf  # noqa: E402
 
 from stmn_tf import ops  # noqa: E402
 from stmn_tf.layers._gated_conv import project_inputs  # noqa: E402
-from stmn_tf.models import RFCN  # noqa: E402
-from stmn_tf.models import STMN  # noqa: E402
+from stmn_tf.models import ModelConfig  # noqa: E402
+from stmn_tf.models.builders import build_rfcn  # noqa: E402
+from stmn_tf.models.builders import build_stmn  # noqa: E402
 
 FRAMES = 11
-TINY = dict(
-    backbone_blocks=(1, 1, 1, 1), backbone_filters=(8, 16, 32, 64), backbone_stem_filters=16,
-    frozen_stages=0, feature_reduce_channels=32, feature_channels=64, rfcn_channels=32,
-    rpn_channels=32, anchor_scales=(16, 32, 64),
-)
-SETTINGS = {
-    "resnet50_337x600": dict(size=(337, 600), kwargs=dict(backbone_depth=50), filters=512),
-    "tiny_337x600": dict(size=(337, 600), kwargs=TINY, filters=32),
+# Overrides of the paper's ModelConfig (30 classes, proposal budgets and decoding kept).
+TINY = {
+    "backbone": {"tiny": True, "frozen_stages": 0}, "features": {"reduce_channels": 32, "channels": 64},
+    "head": {"rfcn_channels": 32}, "rpn": {"channels": 32}, "anchors": {"scales": [16.0, 32.0, 64.0]},
 }
+SETTINGS = {
+    "resnet50_337x600": dict(size=(337, 600), overrides={"backbone": {"depth": 50}}, filters=512),
+    "tiny_337x600": dict(size=(337, 600), overrides=TINY, filters=32),
+}
+
+
+def model_config(setting, model_type):
+    config = ModelConfig(type=model_type, num_classes=30)
+    config.override(setting["overrides"])
+    config.override({"head": {"channels": 2 * setting["filters"]},
+                     "memory": {"filters": setting["filters"]}})
+    return config
 
 
 def median_seconds(fn, repeats, warmup=1):
@@ -108,17 +117,16 @@ def memory_flops(stmn, h, w):
     for cell in stmn.memory_cells():
         for name in ("conv_w", "conv_z_w", "conv_r_w", "conv_u", "conv_z_u", "conv_r_u"):
             total += conv_flops(getattr(cell, name), h, w)
-        if stmn.memory_align:
-            total += match_trans_flops(h, w, stmn.feature_channels, cell.filters, stmn.memory_k)
+        if cell.align:
+            total += match_trans_flops(h, w, stmn.feature_channels, cell.filters, cell.k)
     return total
 
 
 def run(name, setting, repeats, with_rpn=False):
     height, width = setting["size"]
     keras.utils.set_random_seed(0)
-    common = dict(num_classes=30, **setting["kwargs"])
-    rfcn = RFCN(head_channels=2 * setting["filters"], **common)
-    stmn = STMN(memory_filters=setting["filters"], **common)
+    rfcn = build_rfcn(model_config(setting, "rfcn"))
+    stmn = build_stmn(model_config(setting, "stmn"))
     images = tf.random.uniform([1, FRAMES, height, width, 3], 0, 255)
 
     # The paper timed its detector with precomputed proposals: the main figures use
@@ -151,11 +159,11 @@ def run(name, setting, repeats, with_rpn=False):
     )
     cells = stmn.memory_cells()
     convs = [c for cell in cells for c in cell.input_convs]
-    inputs_fn = tf.function(lambda f: project_inputs(convs, f, stmn.memory_input_scale))
+    inputs_fn = tf.function(lambda f: project_inputs(convs, f, cells[0].input_scale))
     t_input_convs = median_seconds(lambda: inputs_fn(features).numpy(), repeats)
     frames = features[0]  # [T, h, w, C]: both directions align T-1 pairs each
     memory = tf.random.uniform([FRAMES, h, w, setting["filters"]])
-    mt = tf.function(lambda: ops.match_trans(frames[1:], frames[:-1], memory[:-1], k=stmn.memory_k))
+    mt = tf.function(lambda: ops.match_trans(frames[1:], frames[:-1], memory[:-1], k=cells[0].k))
     t_match_trans = len(cells) * median_seconds(lambda: mt().numpy(), repeats)
 
     common_flops = backbone_flops(rfcn.backbone, images[0, :1]) + head_flops(rfcn, h, w)

@@ -1,106 +1,170 @@
-"""Config -> model: plain functions and plain dicts, no registries."""
+"""Config -> model: one plain `build_*` function per part, each from its own sub-config
+(`stmn_tf.models.config`), and the detectors composed of them. No registries."""
 
 import math
 
+import keras
+
+from stmn_tf.layers.bidirectional_stmm import BidirectionalSTMM
+from stmn_tf.layers.conv_gru import ConvGRU
+from stmn_tf.layers.stmm import STMM
+from stmn_tf.models.anchor_labeler import AnchorLabeler
+from stmn_tf.models.backbone import load_keras_applications_weights
 from stmn_tf.models.backbone import resnet_backbone
+from stmn_tf.models.decoder import DetectionDecoder
+from stmn_tf.models.detector import FEATURE_STRIDE
+from stmn_tf.models.features import DetectorFeatures
+from stmn_tf.models.proposal_generator import ProposalGenerator
 from stmn_tf.models.rfcn import RFCN
+from stmn_tf.models.rfcn_head import RFCNHead
+from stmn_tf.models.roi_sampler import RoISampler
+from stmn_tf.models.rpn import RPNHead
+from stmn_tf.models.stmn import DIRECTIONS
 from stmn_tf.models.stmn import STMN
 from stmn_tf.variants import get_variant
 
 TINY_BACKBONE = dict(blocks=(1, 1, 1, 1), filters=(8, 16, 32, 64), stem_filters=16)
 
 
-def _backbone_kwargs(config):
-    backbone = config.backbone
-    kwargs = dict(
-        backbone_depth=backbone.depth,
-        frozen_stages=backbone.frozen_stages,
-        backbone_weights=backbone.weights,
-        backbone_norm=backbone.norm,
-    )
-    if backbone.tiny:
-        kwargs.update(
-            backbone_blocks=TINY_BACKBONE["blocks"],
-            backbone_filters=TINY_BACKBONE["filters"],
-            backbone_stem_filters=TINY_BACKBONE["stem_filters"],
+def build_backbone(config, name="backbone"):
+    """`BackboneConfig` -> the ResNet (a functional `keras.Model`, see backbone.py),
+    with `config.weights` (a local keras.applications file) loaded when set.
+
+    A `ModelConfig` is accepted too (its `backbone`)."""
+    config = getattr(config, "backbone", config)
+    if config.weights and config.norm != "frozen_bn":
+        # Checked before anything is built.
+        raise ValueError(
+            f"backbone.weights {config.weights!r} are keras.applications batch-norm "
+            f"weights; they need backbone.norm 'frozen_bn', not {config.norm!r}"
         )
-    return kwargs
+    shape = TINY_BACKBONE if config.tiny else {}
+    backbone = resnet_backbone(
+        depth=config.depth,
+        blocks=shape.get("blocks"),
+        filters=shape.get("filters"),
+        stem_filters=shape.get("stem_filters", 64),
+        frozen_stages=config.frozen_stages,
+        norm=config.norm,
+        name=name,
+    )
+    if config.weights:
+        load_keras_applications_weights(backbone, config.weights, config.depth)
+    return backbone
 
 
-def build_backbone(config):
-    """`ModelConfig` -> the ResNet backbone (a functional `keras.Model`, see backbone.py)."""
-    kwargs = _backbone_kwargs(config)
-    return resnet_backbone(
-        depth=kwargs["backbone_depth"],
-        blocks=kwargs.get("backbone_blocks"),
-        filters=kwargs.get("backbone_filters"),
-        stem_filters=kwargs.get("backbone_stem_filters", 64),
-        frozen_stages=kwargs["frozen_stages"],
-        norm=kwargs["backbone_norm"],
+def build_features(config):
+    """`FeaturesConfig` -> `DetectorFeatures` (conv5 -> `F_t`)."""
+    return DetectorFeatures(config.reduce_channels, config.channels, config.dilation,
+                            name="features")
+
+
+def build_proposal_generator(rpn_config, anchor_config):
+    """`RPNConfig`, `AnchorConfig` -> `ProposalGenerator`."""
+    return ProposalGenerator(
+        anchor_scales=tuple(anchor_config.scales),
+        anchor_ratios=tuple(anchor_config.ratios),
+        stride=FEATURE_STRIDE,
+        pre_nms_top_n_train=rpn_config.pre_nms_top_n_train,
+        post_nms_top_n_train=rpn_config.post_nms_top_n_train,
+        pre_nms_top_n_test=rpn_config.pre_nms_top_n_test,
+        post_nms_top_n_test=rpn_config.post_nms_top_n_test,
+        nms_iou=rpn_config.nms_iou,
+        min_size=rpn_config.min_size,
     )
 
 
-def detector_kwargs(config):
-    """The arguments that `RFCN` and `STMN` share, from a `ModelConfig`."""
-    rpn, rois, post = config.rpn, config.roi_sampling, config.post_processing
+def build_rpn_head(rpn_config, anchor_config):
+    """`RPNConfig`, `AnchorConfig` -> `RPNHead` (one logit and 4 deltas per anchor)."""
+    return RPNHead(len(anchor_config.scales) * len(anchor_config.ratios), rpn_config.channels,
+                   name="rpn_head")
+
+
+def build_anchor_labeler(rpn_config):
+    """`RPNConfig` -> `AnchorLabeler` (the RPN's training targets)."""
+    return AnchorLabeler(rpn_config.batch_size, rpn_config.positive_fraction,
+                         rpn_config.positive_iou, rpn_config.negative_iou)
+
+
+def build_roi_sampler(config):
+    """`RoISamplingConfig` -> `RoISampler`."""
+    return RoISampler(config.num_rois, config.foreground_fraction, config.foreground_iou,
+                      config.background_iou_high, config.background_iou_low, config.ohem_rois)
+
+
+def build_rfcn_head(head_config, num_classes):
+    """`HeadConfig`, C -> `RFCNHead`."""
+    return RFCNHead(num_classes, head_config.rfcn_channels, head_config.ps_roi_bins,
+                    FEATURE_STRIDE, name="rfcn_head")
+
+
+def build_decoder(config):
+    """`PostProcessingConfig` -> `DetectionDecoder`."""
+    return DetectionDecoder(config.score_threshold, config.nms_iou, config.max_detections)
+
+
+def build_head_conv(head_config):
+    """`HeadConfig` -> the static R-FCN's 3x3 conv + ReLU after `F_t`."""
+    return keras.layers.Conv2D(head_config.channels, 3, padding="same", activation="relu",
+                               name="head_conv")
+
+
+def build_memory(config):
+    """`MemoryConfig` -> STMN's memory layer.
+
+    The cell and the alignment come from `variant` (`stmn_tf.variants.VARIANTS`, Table 2)
+    unless `cell` / `align` say otherwise; `affinity_power` sharpens MatchTrans (1.0,
+    the authors' formula, by default). `bidirectional`: a `BidirectionalSTMM` of
+    `filters` channels per direction; `forward`: one `STMM` (or `ConvGRU`) of
+    `2 * filters` channels, so that the layers after it keep their shapes.
+    """
+    if config.direction not in DIRECTIONS:
+        raise ValueError(f"memory.direction must be one of {DIRECTIONS}, got {config.direction!r}")
+    power = config.affinity_power
+    if (isinstance(power, bool) or not isinstance(power, (int, float))
+            or not math.isfinite(power) or power <= 0):
+        raise ValueError(f"memory.affinity_power must be a finite number > 0, got {power!r}")
+    variant = get_variant(config.variant)
+    cell = config.cell if config.cell is not None else variant.cell
+    common = dict(
+        k=config.k,
+        align=config.align if config.align is not None else variant.align,
+        input_scale=config.input_scale,
+        implementation=config.implementation,
+        affinity_power=power,
+    )
+    if cell == "stmm":
+        common["std_multiplier"] = config.std_multiplier
+    if config.direction == "bidirectional":
+        return BidirectionalSTMM(config.filters, cell=cell, name="memory", **common)
+    if cell not in ("stmm", "convgru"):
+        raise ValueError(f"memory.cell must be 'stmm' or 'convgru', got {cell!r}")
+    layer = STMM if cell == "stmm" else ConvGRU
+    return layer(2 * config.filters, name="memory", **common)
+
+
+def detector_parts(config):
+    """`ModelConfig` -> the parts `RFCN` and `STMN` share, as keyword arguments."""
     return dict(
-        num_classes=config.num_classes,
-        **_backbone_kwargs(config),
-        feature_reduce_channels=config.features.reduce_channels,
-        feature_channels=config.features.channels,
-        feature_dilation=config.features.dilation,
-        rfcn_channels=config.head.rfcn_channels,
-        ps_roi_bins=config.head.ps_roi_bins,
-        rpn_channels=rpn.channels,
-        anchor_scales=tuple(config.anchors.scales),
-        anchor_ratios=tuple(config.anchors.ratios),
-        rpn_pre_nms_top_n_train=rpn.pre_nms_top_n_train,
-        rpn_post_nms_top_n_train=rpn.post_nms_top_n_train,
-        rpn_pre_nms_top_n_test=rpn.pre_nms_top_n_test,
-        rpn_post_nms_top_n_test=rpn.post_nms_top_n_test,
-        rpn_nms_iou=rpn.nms_iou,
-        rpn_min_size=rpn.min_size,
-        rpn_batch_size=rpn.batch_size,
-        rpn_positive_fraction=rpn.positive_fraction,
-        rpn_positive_iou=rpn.positive_iou,
-        rpn_negative_iou=rpn.negative_iou,
-        num_rois=rois.num_rois,
-        foreground_fraction=rois.foreground_fraction,
-        foreground_iou=rois.foreground_iou,
-        background_iou_high=rois.background_iou_high,
-        background_iou_low=rois.background_iou_low,
-        ohem_rois=rois.ohem_rois,
-        score_threshold=post.score_threshold,
-        nms_iou=post.nms_iou,
-        max_detections=post.max_detections,
+        backbone=build_backbone(config.backbone),
+        features=build_features(config.features),
+        rpn_head=build_rpn_head(config.rpn, config.anchors),
+        proposal_generator=build_proposal_generator(config.rpn, config.anchors),
+        anchor_labeler=build_anchor_labeler(config.rpn),
+        roi_sampler=build_roi_sampler(config.roi_sampling),
+        rfcn_head=build_rfcn_head(config.head, config.num_classes),
+        decoder=build_decoder(config.post_processing),
     )
 
 
 def build_rfcn(config):
-    return RFCN(head_channels=config.head.channels, **detector_kwargs(config))
+    """`ModelConfig` -> the static `RFCN`."""
+    return RFCN(head_conv=build_head_conv(config.head), **detector_parts(config))
 
 
 def build_stmn(config):
-    """`ModelConfig` -> `STMN`, its cell and alignment from `memory.variant`
-    (`stmn_tf.variants.VARIANTS`, Table 2) unless `memory.cell` / `memory.align` say otherwise."""
-    memory = config.memory
-    variant = get_variant(memory.variant)
-    power = memory.affinity_power
-    if (isinstance(power, bool) or not isinstance(power, (int, float))
-            or not math.isfinite(power) or power <= 0):
-        raise ValueError(f"memory.affinity_power must be a finite number > 0, got {power!r}")
-    return STMN(
-        memory_filters=memory.filters,
-        memory_cell=memory.cell if memory.cell is not None else variant.cell,
-        memory_k=memory.k,
-        memory_align=memory.align if memory.align is not None else variant.align,
-        memory_direction=memory.direction,
-        memory_input_scale=memory.input_scale,
-        memory_std_multiplier=memory.std_multiplier,
-        match_trans_implementation=memory.implementation,
-        memory_affinity_power=memory.affinity_power,
-        **detector_kwargs(config),
-    )
+    """`ModelConfig` -> `STMN` with the memory of `build_memory(config.memory)`."""
+    return STMN(memory=build_memory(config.memory), **detector_parts(config))
 
 
 MODEL_BUILDERS = {"rfcn": build_rfcn, "stmn": build_stmn}

@@ -18,133 +18,75 @@ import keras
 import tensorflow as tf
 
 from stmn_tf.models import losses as losses_lib
-from stmn_tf.models.backbone import load_keras_applications_weights
-from stmn_tf.models.backbone import resnet_backbone
-from stmn_tf.models.features import DetectorFeatures
-from stmn_tf.models.rfcn_head import RFCNHead
-from stmn_tf.models.rpn import RPNHead
-from stmn_tf.models.rpn import generate_proposals
 from stmn_tf.ops import box_ops
-from stmn_tf.ops import targets as targets_lib
-from stmn_tf.ops.anchors import generate_anchors
 
 LOSS_NAMES = ("rpn_class_loss", "rpn_box_loss", "class_loss", "box_loss", "total_loss")
 FEATURE_STRIDE = 16
 
 
 class TwoStageDetector(keras.Model):
-    """Base class of `RFCN` and `STMN`; see their docstrings for the arguments."""
+    """Base class of `RFCN` and `STMN`: a detector composed of parts.
 
-    def __init__(
-        self,
-        num_classes,
-        backbone_depth=101,
-        backbone_blocks=None,
-        backbone_filters=None,
-        backbone_stem_filters=64,
-        frozen_stages=2,
-        backbone_weights=None,
-        backbone_norm="frozen_bn",
-        feature_reduce_channels=512,
-        feature_channels=1024,
-        feature_dilation=6,
-        rfcn_channels=512,
-        ps_roi_bins=7,
-        rpn_channels=512,
-        anchor_scales=(64, 128, 256, 512),
-        anchor_ratios=(0.5, 1.0, 2.0),
-        rpn_pre_nms_top_n_train=6000,
-        rpn_post_nms_top_n_train=2000,
-        rpn_pre_nms_top_n_test=6000,
-        rpn_post_nms_top_n_test=300,
-        rpn_nms_iou=0.7,
-        rpn_min_size=0.0,
-        rpn_batch_size=256,
-        rpn_positive_fraction=0.5,
-        rpn_positive_iou=0.7,
-        rpn_negative_iou=0.3,
-        num_rois=300,
-        foreground_fraction=0.25,
-        foreground_iou=0.5,
-        background_iou_high=0.5,
-        background_iou_low=0.0,
-        ohem_rois=0,
-        score_threshold=0.001,
-        nms_iou=0.3,
-        max_detections=100,
-        **kwargs,
-    ):
-        if backbone_weights and backbone_norm != "frozen_bn":
-            # Checked before anything is built.
+    Each part is built by one `build_*` of `stmn_tf.models.builders` from its own
+    sub-config. The parts with weights are Keras layers (`backbone`, `features`,
+    `rpn_head`, `rfcn_head`, and the subclass's `head_features` layer); the others
+    hold settings only (`proposal_generator`, `anchor_labeler`, `roi_sampler`,
+    `decoder`). Subclasses set their `head_features` layer and then call
+    `build_by_running`.
+
+    Args:
+      backbone: the ResNet (`stmn_tf.models.backbone.resnet_backbone`): `[N, H, W, 3]`
+        RGB in [0, 255] -> (conv4, conv5), stride 16.
+      features: `DetectorFeatures`: conv5 -> `F_t` `[N, h, w, C]`.
+      rpn_head: `RPNHead` on `F_t`.
+      proposal_generator: `ProposalGenerator` (anchors, proposal budgets, NMS).
+      anchor_labeler: `AnchorLabeler` (the RPN's training targets).
+      roi_sampler: `RoISampler` (the head's training RoIs, OHEM).
+      rfcn_head: `RFCNHead` (C + 1 class maps, 4 box maps, PS-RoI pooling).
+      decoder: `DetectionDecoder` (scores, boxes, per-class NMS).
+      **kwargs: `keras.Model` arguments (`name`, ...).
+    """
+
+    PART_NAMES = ("backbone", "features", "rpn_head", "proposal_generator",
+                  "anchor_labeler", "roi_sampler", "rfcn_head", "decoder")
+    # The subclass's `head_features` part: (constructor argument, attribute).
+    HEAD_PART = None
+
+    def __init__(self, backbone, features, rpn_head, proposal_generator, anchor_labeler,
+                 roi_sampler, rfcn_head, decoder, **kwargs):
+        if rpn_head.num_anchors != proposal_generator.num_anchors:
             raise ValueError(
-                f"backbone_weights {backbone_weights!r} are keras.applications batch-norm "
-                f"weights; they need backbone_norm='frozen_bn', not {backbone_norm!r}"
+                f"rpn_head predicts {rpn_head.num_anchors} anchors per position but the "
+                f"proposal_generator has {proposal_generator.num_anchors} "
+                f"({len(proposal_generator.anchor_scales)} scales x "
+                f"{len(proposal_generator.anchor_ratios)} ratios)"
+            )
+        if rfcn_head.feature_stride != proposal_generator.stride:
+            raise ValueError(
+                f"rfcn_head feature_stride {rfcn_head.feature_stride} differs from the proposal_generator's "
+                f"{proposal_generator.stride}"
             )
         super().__init__(**kwargs)
-        self.num_classes = num_classes
-        self.backbone_depth = backbone_depth
-        self.backbone_blocks = tuple(backbone_blocks) if backbone_blocks else None
-        self.backbone_filters = tuple(backbone_filters) if backbone_filters else None
-        self.backbone_stem_filters = backbone_stem_filters
-        self.frozen_stages = frozen_stages
-        self.backbone_norm = backbone_norm
-        self.feature_reduce_channels = feature_reduce_channels
-        self.feature_channels = feature_channels
-        self.feature_dilation = feature_dilation
-        self.rfcn_channels = rfcn_channels
-        self.ps_roi_bins = ps_roi_bins
-        self.rpn_channels = rpn_channels
-        self.anchor_scales = tuple(float(s) for s in anchor_scales)
-        self.anchor_ratios = tuple(float(r) for r in anchor_ratios)
-        self.rpn_pre_nms_top_n_train = rpn_pre_nms_top_n_train
-        self.rpn_post_nms_top_n_train = rpn_post_nms_top_n_train
-        self.rpn_pre_nms_top_n_test = rpn_pre_nms_top_n_test
-        self.rpn_post_nms_top_n_test = rpn_post_nms_top_n_test
-        self.rpn_nms_iou = rpn_nms_iou
-        self.rpn_min_size = rpn_min_size
-        self.rpn_batch_size = rpn_batch_size
-        self.rpn_positive_fraction = rpn_positive_fraction
-        self.rpn_positive_iou = rpn_positive_iou
-        self.rpn_negative_iou = rpn_negative_iou
-        self.num_rois = num_rois
-        self.foreground_fraction = foreground_fraction
-        self.foreground_iou = foreground_iou
-        self.background_iou_high = background_iou_high
-        self.background_iou_low = background_iou_low
-        self.ohem_rois = ohem_rois
-        self.score_threshold = score_threshold
-        self.nms_iou = nms_iou
-        self.max_detections = max_detections
-
-        self.backbone = resnet_backbone(
-            depth=backbone_depth,
-            blocks=self.backbone_blocks,
-            filters=self.backbone_filters,
-            stem_filters=backbone_stem_filters,
-            frozen_stages=frozen_stages,
-            norm=backbone_norm,
-            name="backbone",
-        )
-        self.features = DetectorFeatures(
-            feature_reduce_channels, feature_channels, feature_dilation, name="features"
-        )
-        self.rpn_head = RPNHead(
-            len(self.anchor_scales) * len(self.anchor_ratios), rpn_channels, name="rpn_head"
-        )
-        self.rfcn_head = RFCNHead(
-            num_classes, rfcn_channels, ps_roi_bins, FEATURE_STRIDE, name="rfcn_head"
-        )
+        parts = (backbone, features, rpn_head, proposal_generator, anchor_labeler, roi_sampler,
+                 rfcn_head, decoder)
+        for name, part in zip(self.PART_NAMES, parts):
+            setattr(self, name, part)
         self._loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
-        self._build_head_features()
-        self._build_by_running()
-        if backbone_weights:
-            load_keras_applications_weights(self.backbone, backbone_weights, backbone_depth)
+        # The training step's options (`compile` sets them).
+        self.weight_decay = 0.0
+        self.clip_norm = 0.0
+
+    @property
+    def num_classes(self):
+        """Foreground classes C."""
+        return self.rfcn_head.num_classes
+
+    @property
+    def feature_channels(self):
+        """Channels of the features `F_t`."""
+        return self.features.channels
 
     # -- subclass hooks -------------------------------------------------------
-
-    def _build_head_features(self):
-        """Creates the layers between `F_t` and the R-FCN head."""
-        raise NotImplementedError("abstract: RFCN and STMN define it")
 
     def head_features(self, features, training=False):
         """`[B, T, h, w, feature_channels]` -> `[B, T, h, w, C_head]`, the R-FCN head's input."""
@@ -152,9 +94,10 @@ class TwoStageDetector(keras.Model):
 
     # -- building -------------------------------------------------------------
 
-    def _build_by_running(self):
-        # Runs a 1-frame 32x32 clip once so that every layer has its weights before
-        # fit(), load_weights() or a tf.function trace.
+    def build_by_running(self):
+        """Runs a 1-frame 32x32 clip once so that every layer has its weights before
+        fit(), load_weights() or a tf.function trace (subclasses call it last in
+        their `__init__`)."""
         features = self.extract_features(tf.zeros([1, 1, 32, 32, 3]))
         self.rpn_head(features[:, 0])
         head_input = self.head_features(features)
@@ -203,23 +146,12 @@ class TwoStageDetector(keras.Model):
         features_flat = self._flatten(features)
         logits, deltas = self.rpn_head(features_flat)
         shape = tf.shape(features_flat)
-        anchors = generate_anchors(
-            shape[1], shape[2], image_size[0], image_size[1], FEATURE_STRIDE,
-            self.anchor_scales, self.anchor_ratios,
-        )
+        anchors = self.proposal_generator.anchors(shape[1], shape[2], image_size)
         if proposals is not None:
             rois = self._flatten(tf.cast(proposals, tf.float32))
             valid = box_ops.box_area(rois) > 0.0
         else:
-            rois, _, valid = generate_proposals(
-                logits,
-                deltas,
-                anchors,
-                self.rpn_pre_nms_top_n_train if training else self.rpn_pre_nms_top_n_test,
-                self.rpn_post_nms_top_n_train if training else self.rpn_post_nms_top_n_test,
-                self.rpn_nms_iou,
-                self.rpn_min_size,
-            )
+            rois, valid = self.proposal_generator(logits, deltas, anchors, training=training)
         return {"rpn_logits": logits, "rpn_deltas": deltas, "anchors": anchors,
                 "rois": rois, "rois_valid": valid}
 
@@ -246,22 +178,16 @@ class TwoStageDetector(keras.Model):
         gt_labels = self._flatten(tf.cast(inputs["labels"], tf.int32))  # [N, G]
         features = self.extract_features(images)  # [B, T, h, w, C]
         first = self.propose(features, image_size, inputs.get("proposals"), training=True)
-        rpn = targets_lib.rpn_targets(
-            first["anchors"], gt_boxes, gt_labels, self.rpn_batch_size,
-            self.rpn_positive_fraction, self.rpn_positive_iou, self.rpn_negative_iou,
-        )
+        rpn = self.anchor_labeler(first["anchors"], gt_boxes, gt_labels)
         rpn_class_loss, rpn_box_loss = losses_lib.rpn_losses(
             first["rpn_logits"], first["rpn_deltas"], rpn["labels"], rpn["box_targets"]
         )
-        rois = targets_lib.sample_rois(
-            first["rois"], first["rois_valid"], gt_boxes, gt_labels, self.num_rois, self.foreground_fraction,
-            self.foreground_iou, self.background_iou_high, self.background_iou_low,
-        )
+        rois = self.roi_sampler(first["rois"], first["rois_valid"], gt_boxes, gt_labels)
         head_input = self._flatten(self.head_features(features, training=training))
         class_logits, box_deltas = self.rfcn_head(head_input, rois["rois"], image_size)
         class_loss, box_loss = losses_lib.rfcn_losses(
             class_logits, box_deltas, rois["labels"], rois["valid"], rois["foreground"],
-            rois["box_targets"], ohem_rois=self.ohem_rois,
+            rois["box_targets"], ohem_rois=self.roi_sampler.ohem_rois,
         )
         result = {
             "rpn_class_loss": rpn_class_loss,
@@ -303,8 +229,7 @@ class TwoStageDetector(keras.Model):
 
         inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         losses = replica_train_step(
-            self, self.optimizer, inputs, getattr(self, "weight_decay", 0.0),
-            getattr(self, "clip_norm", 0.0),
+            self, self.optimizer, inputs, self.weight_decay, self.clip_norm
         )
         return self._report({name: losses[name] for name in LOSS_NAMES})
 
@@ -354,10 +279,8 @@ class TwoStageDetector(keras.Model):
         )
 
     def decode(self, class_logits, box_deltas, rois, valid, batch, time):
-        """The head's outputs over N = B * T frames -> the `predict_step` dict.
-
-        Softmax scores, class-agnostic boxes decoded from the RoIs, then per-class
-        NMS (R-FCN's test procedure).
+        """The head's outputs over N = B * T frames -> the `predict_step` dict
+        (`decoder`: softmax scores, boxes decoded from the RoIs, per-class NMS).
 
         Args:
           class_logits: `[N, R, C + 1]`, background first.
@@ -369,25 +292,11 @@ class TwoStageDetector(keras.Model):
         Returns:
           the `predict_step` dict.
         """
-        scores = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)[..., 1:]
-        scores = scores * tf.cast(valid, tf.float32)[..., None]  # [N, R, C]
-        boxes = box_ops.clip_boxes_normalized(
-            box_ops.decode_boxes_yxyx(box_deltas, tf.cast(rois, tf.float32), box_ops.HEAD_BOX_WEIGHTS)
-        )
-        nmsed = tf.image.combined_non_max_suppression(
-            boxes[:, :, None, :],
-            scores,
-            max_output_size_per_class=self.max_detections,
-            max_total_size=self.max_detections,
-            iou_threshold=self.nms_iou,
-            score_threshold=self.score_threshold,
-            clip_boxes=False,
-        )
+        detections = self.decoder(class_logits, box_deltas, rois, valid)
         return {
-            "detection_boxes": self._unflatten(nmsed.nmsed_boxes, batch, time),
-            "detection_scores": self._unflatten(nmsed.nmsed_scores, batch, time),
-            "detection_classes": self._unflatten(tf.cast(nmsed.nmsed_classes, tf.int32) + 1, batch, time),
-            "num_detections": tf.reshape(nmsed.valid_detections, [batch, time]),
+            key: (tf.reshape(value, [batch, time]) if key == "num_detections"
+                  else self._unflatten(value, batch, time))
+            for key, value in detections.items()
         }
 
     # -- online: one frame at a time -------------------------------------------
@@ -475,18 +384,10 @@ class TwoStageDetector(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        for key in (
-            "num_classes backbone_depth backbone_blocks backbone_filters backbone_stem_filters "
-            "frozen_stages backbone_norm feature_reduce_channels feature_channels feature_dilation "
-            "rfcn_channels ps_roi_bins rpn_channels anchor_scales anchor_ratios "
-            "rpn_pre_nms_top_n_train rpn_post_nms_top_n_train rpn_pre_nms_top_n_test "
-            "rpn_post_nms_top_n_test rpn_nms_iou rpn_min_size rpn_batch_size "
-            "rpn_positive_fraction rpn_positive_iou rpn_negative_iou num_rois "
-            "foreground_fraction foreground_iou background_iou_high background_iou_low "
-            "ohem_rois score_threshold nms_iou max_detections"
-        ).split():
-            config[key] = getattr(self, key)
-        # backbone_weights is left out: the weights travel with the saved model.
+        for name in self.PART_NAMES:
+            config[name] = keras.saving.serialize_keras_object(getattr(self, name))
+        argument, attribute = self.HEAD_PART
+        config[argument] = keras.saving.serialize_keras_object(getattr(self, attribute))
         return config
 
     @classmethod
@@ -494,4 +395,6 @@ class TwoStageDetector(keras.Model):
         config = dict(config)
         for key in ("trainable", "dtype"):
             config.pop(key, None)
+        for name in cls.PART_NAMES + cls.HEAD_PART[:1]:
+            config[name] = keras.saving.deserialize_keras_object(config[name])
         return cls(**config)

@@ -48,7 +48,7 @@ def transfer_rfcn_to_stmn(rfcn, stmn, variant="stmn"):
 
     Args:
       rfcn: a built `stmn_tf.models.RFCN`.
-      stmn: a built `stmn_tf.models.STMN` whose `2 * memory_filters` equals the
+      stmn: a built `stmn_tf.models.STMN` whose `memory_channels` equals the
         R-FCN's `head_channels`.
       variant: a key of `stmn_tf.variants.VARIANTS`. Defaults to `"stmn"`.
 
@@ -85,7 +85,7 @@ def transfer_rfcn_file_to_stmn(path, stmn, variant="stmn"):
 
     Args:
       path: a `.keras` file of an `RFCN`, or a `.weights.h5` of an `RFCN` built with
-        the STMN's arguments (and `head_channels = 2 * memory_filters`).
+        the STMN's parts (and a `head_conv` of `stmn.memory_channels`).
       stmn: a built `STMN`.
       variant: a key of `stmn_tf.variants.VARIANTS`.
 
@@ -94,17 +94,20 @@ def transfer_rfcn_file_to_stmn(path, stmn, variant="stmn"):
     """
     import keras
 
+    from stmn_tf.models.builders import build_head_conv
+    from stmn_tf.models.config import HeadConfig
     from stmn_tf.models.rfcn import RFCN
 
     if path.endswith(".keras"):
         rfcn = keras.saving.load_model(path)
     else:
-        config = stmn.get_config()
-        for key in list(config):
-            if key.startswith("memory_") or key in ("match_trans_implementation", "name"):
-                config.pop(key)
-        config.pop("trainable", None)
-        config.pop("dtype", None)
-        rfcn = RFCN(head_channels=2 * stmn.memory_filters, **config)
+        # The R-FCN that STMN was made from: copies of STMN's parts, and the 3x3 conv
+        # that its memory replaces.
+        parts = {
+            name: keras.saving.deserialize_keras_object(
+                keras.saving.serialize_keras_object(getattr(stmn, name)))
+            for name in RFCN.PART_NAMES
+        }
+        rfcn = RFCN(head_conv=build_head_conv(HeadConfig(channels=stmn.memory_channels)), **parts)
         rfcn.load_weights(path)
     return transfer_rfcn_to_stmn(rfcn, stmn, variant)

@@ -16,27 +16,11 @@ class RFCN(TwoStageDetector):
     of C+1 class maps and 4 box maps, voting). The RPN sits on `F_t`.
 
     Args:
-      num_classes: int. Foreground classes C.
-      head_channels: int. Channels of `head_conv`. Defaults to 1024.
-      backbone_depth: int. ResNet depth (50, 101, 152). Defaults to 101.
-      backbone_blocks, backbone_filters, backbone_stem_filters: optional overrides
-        of the ResNet's shape (a tiny ResNet for tests: blocks `(1, 1, 1, 1)`).
-      frozen_stages: int. ResNet stages not trained (conv1, conv2). Defaults to 2.
-      backbone_weights: optional path of a local keras.applications ResNet
-        `.weights.h5`, loaded by layer name (never downloaded).
-      backbone_norm: str. `"frozen_bn"` (R-FCN, default) or `"group_norm"` (a
-        backbone trained from scratch, as the tiny one).
-      feature_reduce_channels, feature_channels, feature_dilation: the features
-        `F_t` (512, 1024, 6).
-      rfcn_channels: int. The head's 1x1 conv (512). ps_roi_bins: int (7).
-      rpn_channels, anchor_scales (pixels), anchor_ratios (height / width),
-      rpn_pre_nms_top_n_train/test, rpn_post_nms_top_n_train/test, rpn_nms_iou,
-      rpn_min_size, rpn_batch_size, rpn_positive_fraction, rpn_positive_iou,
-      rpn_negative_iou: the RPN.
-      num_rois (300 per frame), foreground_fraction (0.25), foreground_iou (0.5),
-      background_iou_high (0.5), background_iou_low (0.0), ohem_rois (0 = off):
-      RoI sampling and the head's loss.
-      score_threshold, nms_iou (0.3, R-FCN's), max_detections: post-processing.
+      backbone, features, rpn_head, proposal_generator, anchor_labeler, roi_sampler,
+        rfcn_head, decoder: the parts (see `TwoStageDetector`).
+      head_conv: the 3x3 conv + ReLU between `F_t` and the R-FCN head
+        (`keras.layers.Conv2D`, `same` padding; 1024 channels in the paper).
+      **kwargs: `keras.Model` arguments.
 
     Call arguments:
       inputs: dict with `images` `[B, T, H, W, 3]` RGB in [0, 255] (and optionally
@@ -48,28 +32,28 @@ class RFCN(TwoStageDetector):
       `[B, T, N]` 1..C, `num_detections` `[B, T]`.
 
     Example:
-    >>> model = RFCN(num_classes=2, **TINY_KWARGS)  # tests/models/synthetic.py
+    >>> model = build_rfcn(tiny_model_config("rfcn", num_classes=2))  # models.builders
     >>> out = model(np.zeros((1, 2, 64, 64, 3), "float32"))
     >>> tuple(out["detection_boxes"].shape)
     (1, 2, 20, 4)
     """
 
-    def __init__(self, num_classes, head_channels=1024, **kwargs):
-        self.head_channels = head_channels
-        super().__init__(num_classes, **kwargs)
+    HEAD_PART = ("head_conv", "head_conv")
 
-    def _build_head_features(self):
-        self.head_conv = keras.layers.Conv2D(
-            self.head_channels, 3, padding="same", activation="relu", name="head_conv"
-        )
+    def __init__(self, backbone, features, rpn_head, proposal_generator, anchor_labeler,
+                 roi_sampler, rfcn_head, decoder, head_conv, **kwargs):
+        super().__init__(backbone, features, rpn_head, proposal_generator, anchor_labeler,
+                         roi_sampler, rfcn_head, decoder, **kwargs)
+        self.head_conv = head_conv
+        self.build_by_running()
+
+    @property
+    def head_channels(self):
+        """Channels of `head_conv` (what STMN's memory replaces)."""
+        return self.head_conv.filters
 
     def head_features(self, features, training=False):
         """`[B, T, h, w, C]` -> `[B, T, h, w, head_channels]`, frame by frame."""
         shape = tf.shape(features)
         out = self.head_conv(self._flatten(features))
         return self._unflatten(out, shape[0], shape[1])
-
-    def get_config(self):
-        config = super().get_config()
-        config["head_channels"] = self.head_channels
-        return config

@@ -17,29 +17,22 @@ class STMN(TwoStageDetector):
     """R-FCN whose 3x3 conv after `F_t` is a spatial-temporal memory (paper Sec. 3, Fig. 2).
 
     Backbone -> `F_t` -> memory (`BidirectionalSTMM`: forward and backward STMMs of
-    `memory_filters` channels each, concatenated, in place of R-FCN's 3x3 conv of
-    `2 * memory_filters` outputs) -> the R-FCN head (1x1 conv 1024->512, PS-RoI
+    D / 2 channels each, concatenated, in place of R-FCN's 3x3 conv of
+    D outputs) -> the R-FCN head (1x1 conv 1024->512, PS-RoI
     pooling). The RPN sits on `F_t` and does not see the memory, as the paper's
     proposals do not. `stmn_tf.models.detector_transfer.transfer_rfcn_to_stmn`
     initialises it from a trained `RFCN` (paper Sec. 3.2).
 
     Args:
-      num_classes: int. Foreground classes C.
-      memory_filters: int. Channels of each direction's memory. Defaults to 512.
-      memory_cell: str. `"stmm"` (the paper's) or `"convgru"` (the ablations'
-        ConvGRU with sigmoid and tanh). Defaults to `"stmm"`.
-      memory_k: int. MatchTrans radius. Defaults to 2.
-      memory_align: bool. MatchTrans alignment (False: "STMN No-MatchTrans").
-        Defaults to True.
-      memory_direction: str. `"bidirectional"` (the paper's) or `"forward"` (online
-        use: one forward memory of `2 * memory_filters` channels, so the layers after
-        it keep their shapes). Defaults to `"bidirectional"`.
-      memory_input_scale: float. `s` of the STMM. Defaults to 1.0.
-      memory_std_multiplier: float. K of BN*. Defaults to 3.0.
-      match_trans_implementation: str. `"auto"`, `"custom_op"` or `"tf"`.
-      memory_affinity_power: float > 0. MatchTrans' affinity power
-        (`stmn_tf.layers.MatchTrans`). Defaults to 1.0, the authors' formula.
-      **kwargs: the arguments of `RFCN` except `head_channels`.
+      backbone, features, rpn_head, proposal_generator, anchor_labeler, roi_sampler,
+        rfcn_head, decoder: the parts (see `TwoStageDetector`).
+      memory: the memory over `[B, T, h, w, C]` that returns `[B, T, h, w, D]`: a
+        `BidirectionalSTMM` (the paper's: forward and backward memories of D / 2
+        channels each, concatenated, built as `keras.layers.Bidirectional` is from
+        its two direction layers), or a forward-only `STMM` / `ConvGRU` of D channels
+        (online use; the layers after it keep their shapes). Its cells hold the cell
+        type, MatchTrans (`align`, `k`), BN*'s K and the input scale `s`.
+      **kwargs: `keras.Model` arguments.
 
     Call arguments:
       inputs: dict with `images` `[B, T, H, W, 3]` RGB in [0, 255] (and optionally
@@ -49,55 +42,34 @@ class STMN(TwoStageDetector):
       the `predict_step` dict, as `RFCN`.
 
     Example:
-    >>> model = STMN(num_classes=2, memory_filters=8, **TINY_KWARGS)  # tests/models/synthetic.py
+    >>> model = build_stmn(tiny_model_config("stmn", num_classes=2))  # models.builders
     >>> tuple(model.saliency(np.zeros((1, 3, 64, 64, 3), "float32")).shape)
     (1, 3, 4, 4)
     """
 
-    def __init__(
-        self,
-        num_classes,
-        memory_filters=512,
-        memory_cell="stmm",
-        memory_k=2,
-        memory_align=True,
-        memory_direction="bidirectional",
-        memory_input_scale=1.0,
-        memory_std_multiplier=3.0,
-        match_trans_implementation="auto",
-        memory_affinity_power=1.0,
-        **kwargs,
-    ):
-        if memory_direction not in DIRECTIONS:
-            raise ValueError(f"memory_direction must be one of {DIRECTIONS}, got {memory_direction!r}")
-        self.memory_filters = memory_filters
-        self.memory_cell = memory_cell
-        self.memory_k = memory_k
-        self.memory_align = memory_align
-        self.memory_direction = memory_direction
-        self.memory_input_scale = memory_input_scale
-        self.memory_std_multiplier = memory_std_multiplier
-        self.match_trans_implementation = match_trans_implementation
-        self.memory_affinity_power = memory_affinity_power
-        super().__init__(num_classes, **kwargs)
+    HEAD_PART = ("memory", "memory_layer")
 
-    def _build_head_features(self):
-        common = dict(
-            k=self.memory_k,
-            align=self.memory_align,
-            input_scale=self.memory_input_scale,
-            implementation=self.match_trans_implementation,
-            affinity_power=self.memory_affinity_power,
-        )
-        if self.memory_cell == "stmm":
-            common["std_multiplier"] = self.memory_std_multiplier
-        if self.memory_direction == "bidirectional":
-            self.memory_layer = BidirectionalSTMM(
-                self.memory_filters, cell=self.memory_cell, name="memory", **common
+    def __init__(self, backbone, features, rpn_head, proposal_generator, anchor_labeler,
+                 roi_sampler, rfcn_head, decoder, memory, **kwargs):
+        if not isinstance(memory, (BidirectionalSTMM, STMM, ConvGRU)):
+            raise ValueError(
+                f"memory must be a BidirectionalSTMM, STMM or ConvGRU layer, got "
+                f"{type(memory).__name__}"
             )
-        else:
-            layer = STMM if self.memory_cell == "stmm" else ConvGRU
-            self.memory_layer = layer(2 * self.memory_filters, name="memory", **common)
+        super().__init__(backbone, features, rpn_head, proposal_generator, anchor_labeler,
+                         roi_sampler, rfcn_head, decoder, **kwargs)
+        self.memory_layer = memory
+        self.build_by_running()
+
+    @property
+    def memory_direction(self):
+        """`"bidirectional"` or `"forward"` (see `DIRECTIONS`)."""
+        return "bidirectional" if isinstance(self.memory_layer, BidirectionalSTMM) else "forward"
+
+    @property
+    def memory_channels(self):
+        """D: the memory's output channels (both directions together)."""
+        return sum(int(cell.filters) for cell in self.memory_cells())
 
     def memory_cells(self):
         """The memory's cells, forward first (each has `conv_w`, `conv_z_w`, ... attributes)."""
@@ -106,7 +78,7 @@ class STMN(TwoStageDetector):
         return [self.memory_layer.cell]
 
     def head_features(self, features, training=False):
-        """`[B, T, h, w, C]` `F_t` -> the memory `[B, T, h, w, 2 * memory_filters]`."""
+        """`[B, T, h, w, C]` `F_t` -> the memory `[B, T, h, w, memory_channels]`."""
         return self.memory_layer(features)
 
     # -- online (see TwoStageDetector.step) ------------------------------------
@@ -122,7 +94,7 @@ class STMN(TwoStageDetector):
         return {"memory": [h, w, int(forward.filters)], "features": [h, w, int(self.feature_channels)]}
 
     def head_features_step(self, features, state):
-        """One frame's memory, causally: `([B, h, w, 2 * memory_filters], next state)`.
+        """One frame's memory, causally: `([B, h, w, memory_channels], next state)`.
 
         The forward memory is carried in `state`; a bidirectional memory's backward
         direction reads the current frame alone (`BidirectionalSTMM.step`). So frame
@@ -155,7 +127,7 @@ class STMN(TwoStageDetector):
           inputs: dict with `images` `[B, T, H, W, 3]` (or the tensor).
 
         Returns:
-          `[B, T, h, w, 2 * memory_filters]`: forward memory channels first.
+          `[B, T, h, w, memory_channels]`: forward memory channels first.
         """
         images = inputs["images"] if isinstance(inputs, dict) else inputs
         return self.head_features(self.extract_features(images))
@@ -163,18 +135,3 @@ class STMN(TwoStageDetector):
     def saliency(self, inputs):
         """The memory's saliency maps (paper Fig. 4): L2 norm over channels, `[B, T, h, w]`."""
         return tf.norm(self.memory(inputs), axis=-1)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            memory_filters=self.memory_filters,
-            memory_cell=self.memory_cell,
-            memory_k=self.memory_k,
-            memory_align=self.memory_align,
-            memory_direction=self.memory_direction,
-            memory_input_scale=self.memory_input_scale,
-            memory_std_multiplier=self.memory_std_multiplier,
-            match_trans_implementation=self.match_trans_implementation,
-            memory_affinity_power=self.memory_affinity_power,
-        )
-        return config

@@ -128,7 +128,7 @@ def _metadata(module, custom_op, checkpoint):
     metadata = {
         "model_type": "stmn" if module.is_stmn else "rfcn",
         "num_classes": int(model.num_classes),
-        "max_detections": int(model.max_detections),
+        "max_detections": int(model.decoder.max_detections),
         "image_size": {
             "short_side": module.short_side,
             "long_side_max": module.long_side_max,
@@ -187,12 +187,12 @@ def export_saved_model(
         load_library()  # fails here, with how to build it, rather than mid-trace
     os.makedirs(output_dir, exist_ok=True)
 
-    previous_max = model.max_detections
+    previous_max = model.decoder.max_detections
     previous_impl = None
     if model.has_memory:
         previous_impl = model.set_match_trans_implementation("custom_op" if custom_op else "tf")
     if max_detections is not None:
-        model.max_detections = int(max_detections)
+        model.decoder.max_detections = int(max_detections)
     temporary = tempfile.mkdtemp(prefix=f".export-{version}-", dir=output_dir)
     try:
         module = DetectorServingModule(model, image_size)
@@ -221,7 +221,7 @@ def export_saved_model(
     finally:
         if os.path.exists(temporary):
             shutil.rmtree(temporary, ignore_errors=True)
-        model.max_detections = previous_max
+        model.decoder.max_detections = previous_max
         if previous_impl is not None:
             model.set_match_trans_implementation(previous_impl)
     return final

@@ -11,8 +11,8 @@ from tests.inference.window_schedule import video_windows
 from tests.inference.window_schedule import windows_per_frame
 from stmn_tf.models.stmn import STMN
 from stmn_tf.ops.box_ops import canvas_yxyx_to_frame_xyxy
-from tests.models.synthetic import TINY_RFCN_KWARGS
-from tests.models.synthetic import TINY_STMN_KWARGS
+from tests.models.synthetic import tiny_rfcn
+from tests.models.synthetic import tiny_stmn
 
 SIZE = 100  # padded = resized = original: pixel = 100 * normalised
 
@@ -151,12 +151,12 @@ def images():
 
 @pytest.fixture(scope="module")
 def forward_stmn():
-    return STMN(num_classes=3, memory_direction="forward", **TINY_STMN_KWARGS)
+    return tiny_stmn(3, memory={"direction": "forward"})
 
 
 @pytest.fixture(scope="module")
 def bidirectional_stmn():
-    return STMN(num_classes=3, **TINY_STMN_KWARGS)
+    return tiny_stmn(3)
 
 
 def reference(outputs, t):
@@ -221,7 +221,7 @@ def test_online_bidirectional_is_the_last_frame_of_a_growing_clip(bidirectional_
 def test_static_rfcn_runs_per_frame(images):
     from stmn_tf.models.rfcn import RFCN
 
-    model = RFCN(num_classes=3, **TINY_RFCN_KWARGS)
+    model = tiny_rfcn(3)
     runner = WindowedVideoDetector(model, 11, 10, batch_windows=3)
     out = list(runner.run(clip_frames(images[:4])))
     assert sorted(runner.windows_run) == [[0], [1], [2], [3]]

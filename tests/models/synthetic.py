@@ -1,30 +1,31 @@
-"""A tiny synthetic clip, the tiny detector arguments and a small VOC AP, for the model tests."""
+"""A tiny synthetic clip, the tiny detectors and a small VOC AP, for the model tests."""
 
 import numpy as np
 
-# A tiny ResNet of the real shape (4 stages, stride 16), small channel counts and
-# proposal budgets, so that a detector trains in seconds on a CPU.
-TINY_KWARGS = dict(
-    backbone_blocks=(1, 1, 1, 1),
-    backbone_filters=(8, 16, 32, 64),
-    backbone_stem_filters=16,
-    frozen_stages=0,
-    backbone_norm="group_norm",  # as tiny_model_config: trained from scratch
-    feature_reduce_channels=32,
-    feature_channels=64,
-    rfcn_channels=32,
-    rpn_channels=32,
-    anchor_scales=(16, 32, 64),
-    rpn_pre_nms_top_n_train=300,
-    rpn_post_nms_top_n_train=100,
-    rpn_pre_nms_top_n_test=300,
-    rpn_post_nms_top_n_test=50,
-    rpn_batch_size=64,
-    num_rois=64,
-    max_detections=20,
-)
-TINY_RFCN_KWARGS = dict(TINY_KWARGS, head_channels=64)
-TINY_STMN_KWARGS = dict(TINY_KWARGS, memory_filters=32)
+from stmn_tf.models.builders import build_rfcn
+from stmn_tf.models.builders import build_stmn
+from stmn_tf.models.config import tiny_model_config
+
+
+
+def tiny_config(model_type="rfcn", num_classes=2, **overrides):
+    """`tiny_model_config` (a tiny ResNet of the real shape: 4 stages, stride 16, few
+    channels, small proposal budgets, so that a detector trains in seconds on a CPU)
+    with nested overrides, e.g. `memory={"cell": "convgru"}`."""
+    config = tiny_model_config(model_type, num_classes=num_classes)
+    config.override(overrides)
+    return config
+
+
+def tiny_rfcn(num_classes=2, **overrides):
+    """The tiny static R-FCN (see `tiny_config`)."""
+    return build_rfcn(tiny_config("rfcn", num_classes, **overrides))
+
+
+def tiny_stmn(num_classes=2, **overrides):
+    """The tiny STMN (see `tiny_config`), 32 memory channels per direction."""
+    return build_stmn(tiny_config("stmn", num_classes, **overrides))
+
 
 COLOURS = {1: (230, 40, 40), 2: (40, 80, 230)}
 

@@ -93,11 +93,10 @@ def test_group_norm_backbone(rng):
 def test_bad_norm_and_pretrained_weights_with_group_norm_raise():
     with pytest.raises(ValueError, match="norm"):
         resnet_backbone(blocks=(1, 1, 1, 1), filters=(4, 4, 4, 4), stem_filters=4, norm="bn")
-    from stmn_tf.models import RFCN
-
+    config = tiny_model_config()
+    config.override({"backbone": {"weights": "/nonexistent.weights.h5", "norm": "group_norm"}})
     with pytest.raises(ValueError, match="frozen_bn"):
-        RFCN(num_classes=2, backbone_weights="/nonexistent.weights.h5", backbone_norm="group_norm",
-             backbone_blocks=(1, 1, 1, 1), backbone_filters=(4, 4, 4, 4), backbone_stem_filters=4)
+        build_backbone(config.backbone)
 
 
 def test_loads_keras_applications_weights(tmp_path, rng):

@@ -18,7 +18,9 @@ from stmn_tf.models import rfcn as rfcn_module
 from stmn_tf.models import rfcn_head as rfcn_head_module
 from stmn_tf.models import rpn as rpn_module
 from stmn_tf.models import stmn as stmn_module
-from tests.models.synthetic import TINY_KWARGS
+from stmn_tf.models import proposal_generator as proposal_generator_module
+from stmn_tf.models.builders import build_rfcn
+from stmn_tf.models.builders import build_stmn
 
 
 def test_default_config_is_the_paper():
@@ -44,8 +46,9 @@ def test_variants(variant, cell, align):
     config.override({"memory": {"variant": variant}})
     model = build_model(config)
     assert isinstance(model, STMN)
-    assert (model.memory_cell, model.memory_align, model.num_classes) == (cell, align, 4)
+    assert model.num_classes == 4
     assert model.memory_layer.cell == cell
+    assert all(c.align == align for c in model.memory_cells())
     assert set(VARIANTS) == {"stmn", "stmn_no_matchtrans", "convgru_pretrain", "convgru_freshfc"}
 
 
@@ -55,20 +58,22 @@ def test_config_overrides_reach_the_model():
     model = build_model(config)
     assert isinstance(model, RFCN)
     assert model.rfcn_head.class_conv.filters == 3 * 3 * 6
-    assert model.nms_iou == 0.45
+    assert model.decoder.nms_iou == 0.45
     config = tiny_model_config("stmn")
     config.override({"memory": {"variant": "stmn", "align": False, "direction": "forward"}})
     model = build_model(config)
-    assert not model.memory_align and model.memory_direction == "forward"
+    assert not model.memory_cells()[0].align and model.memory_direction == "forward"
 
 
 @pytest.mark.parametrize(
-    "module", [features_module, rpn_module, rfcn_head_module, rfcn_module, stmn_module]
+    "module", [features_module, rpn_module, rfcn_head_module, rfcn_module, stmn_module,
+               proposal_generator_module]
 )
 def test_docstring_examples(module):
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    globs = dict(vars(module), np=np, TINY_KWARGS=TINY_KWARGS)
+    globs = dict(vars(module), np=np, build_rfcn=build_rfcn, build_stmn=build_stmn,
+                 tiny_model_config=tiny_model_config)
     tests = [t for t in finder.find(module, globs=globs) if t.examples]
     assert tests
     for test in tests:
@@ -82,8 +87,9 @@ def test_affinity_power_reaches_the_memory():
     assert build_model(config).memory_layer.affinity_power == 1.0
     config.override({"memory": {"affinity_power": 4}})
     model = build_model(config)
-    assert model.memory_affinity_power == 4 and model.memory_layer.affinity_power == 4
-    assert model.get_config()["memory_affinity_power"] == 4
+    assert model.memory_layer.affinity_power == 4
+    assert all(cell.affinity_power == 4 for cell in model.memory_cells())
+    assert model.get_config()["memory"]["config"]["affinity_power"] == 4
     config.override({"memory": {"direction": "forward"}})
     assert build_model(config).memory_layer.cell.affinity_power == 4
 

@@ -8,15 +8,15 @@ import tensorflow as tf
 from stmn_tf.models import RFCN
 from stmn_tf.models import STMN
 from stmn_tf.models import transfer_rfcn_to_stmn
-from tests.models.synthetic import TINY_RFCN_KWARGS
-from tests.models.synthetic import TINY_STMN_KWARGS
 from tests.models.synthetic import make_clip
+from tests.models.synthetic import tiny_rfcn
+from tests.models.synthetic import tiny_stmn
 
 
 def _perturbed_rfcn():
     # Random non-zero biases and BN statistics, so that a missed copy shows.
     keras.utils.set_random_seed(3)
-    rfcn = RFCN(num_classes=2, **dict(TINY_RFCN_KWARGS, score_threshold=0.0))
+    rfcn = tiny_rfcn(2, post_processing={"score_threshold": 0.0})
     rng = np.random.default_rng(3)
     for w in rfcn.weights:
         if "moving_variance" in w.path:
@@ -34,7 +34,7 @@ def bypassed_memory_detections(stmn, clip):
     shape = tf.shape(features)
     flat = tf.reshape(features, tf.concat([[-1], shape[2:]], 0))
     head_input = tf.nn.relu(tf.concat(
-        [stmn.memory_input_scale * cell.conv_w(flat) for cell in stmn.memory_cells()], -1))
+        [cell.input_scale * cell.conv_w(flat) for cell in stmn.memory_cells()], -1))
     head_input = tf.reshape(head_input, tf.concat([shape[:2], tf.shape(head_input)[1:]], 0))
     return {key: value.numpy() for key, value in stmn.detect_from_head_input(
         features, head_input, tf.shape(images)[2:4]).items()}
@@ -43,8 +43,8 @@ def bypassed_memory_detections(stmn, clip):
 @pytest.mark.parametrize("direction", ["bidirectional", "forward"])
 def test_bypassed_memory_reproduces_rfcn(direction):
     rfcn = _perturbed_rfcn()
-    stmn = STMN(
-        num_classes=2, memory_direction=direction, **dict(TINY_STMN_KWARGS, score_threshold=0.0)
+    stmn = tiny_stmn(
+        2, memory={"direction": direction}, post_processing={"score_threshold": 0.0}
     )
     report = transfer_rfcn_to_stmn(rfcn, stmn)
     clip = make_clip()
@@ -63,7 +63,7 @@ def test_bypassed_memory_reproduces_rfcn(direction):
 
 def test_halves_go_to_the_two_directions():
     rfcn = _perturbed_rfcn()
-    stmn = STMN(num_classes=2, **TINY_STMN_KWARGS)
+    stmn = tiny_stmn(2)
     transfer_rfcn_to_stmn(rfcn, stmn)
     kernel = rfcn.head_conv.kernel.numpy()
     forward, backward = stmn.memory_cells()
@@ -74,7 +74,7 @@ def test_halves_go_to_the_two_directions():
 
 def test_freshfc_leaves_memory_and_head_fresh():
     rfcn = _perturbed_rfcn()
-    stmn = STMN(num_classes=2, memory_cell="convgru", memory_align=False, **TINY_STMN_KWARGS)
+    stmn = tiny_stmn(2, memory={"cell": "convgru", "align": False})
     head_before = [w.numpy().copy() for w in stmn.rfcn_head.weights]
     report = transfer_rfcn_to_stmn(rfcn, stmn, "convgru_freshfc")
     for before, w in zip(head_before, stmn.rfcn_head.weights):
@@ -87,12 +87,12 @@ def test_freshfc_leaves_memory_and_head_fresh():
 
 
 def test_mismatched_shapes_raise():
-    rfcn = RFCN(num_classes=2, **TINY_RFCN_KWARGS)
-    stmn = STMN(num_classes=3, **TINY_STMN_KWARGS)  # more classes: head shapes differ
+    rfcn = tiny_rfcn(2)
+    stmn = tiny_stmn(3)  # more classes: head shapes differ
     with pytest.raises(ValueError, match="Shape mismatch"):
         transfer_rfcn_to_stmn(rfcn, stmn)
     with pytest.raises(ValueError, match="Unknown variant"):
-        transfer_rfcn_to_stmn(rfcn, STMN(num_classes=2, **TINY_STMN_KWARGS), "lstm")
+        transfer_rfcn_to_stmn(rfcn, tiny_stmn(2), "lstm")
 
 
 def test_transfer_from_saved_weights(tmp_path):
@@ -101,7 +101,7 @@ def test_transfer_from_saved_weights(tmp_path):
     rfcn = _perturbed_rfcn()
     path = str(tmp_path / "rfcn.weights.h5")
     rfcn.save_weights(path)
-    stmn = STMN(num_classes=2, **dict(TINY_STMN_KWARGS, score_threshold=0.0))
+    stmn = tiny_stmn(2, post_processing={"score_threshold": 0.0})
     report = transfer_rfcn_file_to_stmn(path, stmn)
     assert len(report["copied"]) > len(rfcn.weights)
     clip = make_clip()

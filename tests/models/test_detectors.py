@@ -10,10 +10,13 @@ from stmn_tf.models import STMN
 from stmn_tf.models import build_model
 from stmn_tf.models import tiny_model_config
 from stmn_tf.models import transfer_rfcn_to_stmn
-from tests.models.synthetic import TINY_RFCN_KWARGS
-from tests.models.synthetic import TINY_STMN_KWARGS
+from stmn_tf.models.builders import detector_parts
+from stmn_tf.models.proposal_generator import ProposalGenerator
 from tests.models.synthetic import make_clip
 from tests.models.synthetic import mean_average_precision
+from tests.models.synthetic import tiny_config
+from tests.models.synthetic import tiny_rfcn
+from tests.models.synthetic import tiny_stmn
 
 STEPS = 150
 
@@ -46,7 +49,7 @@ def clip():
 @pytest.fixture(scope="module")
 def trained_rfcn(clip):
     keras.utils.set_random_seed(0)
-    model = RFCN(num_classes=2, **TINY_RFCN_KWARGS)
+    model = tiny_rfcn(2)
     initial, final = overfit(model, clip)
     return model, initial, final
 
@@ -99,9 +102,9 @@ def test_convgru_freshfc_fine_tunes_from_rfcn(trained_rfcn, clip):
     assert_overfits(model, clip, initial, final)
 
 
-@pytest.mark.parametrize("cls,kwargs", [(RFCN, TINY_RFCN_KWARGS), (STMN, TINY_STMN_KWARGS)])
-def test_outputs_for_variable_sizes_and_lengths(cls, kwargs):
-    model = cls(num_classes=3, **kwargs)
+@pytest.mark.parametrize("build", [tiny_rfcn, tiny_stmn])
+def test_outputs_for_variable_sizes_and_lengths(build):
+    model = build(3)
     detect = tf.function(
         lambda images: model.detect(images),
         input_signature=[tf.TensorSpec([None, None, None, None, 3], tf.float32)],
@@ -127,7 +130,7 @@ def test_outputs_for_variable_sizes_and_lengths(cls, kwargs):
 
 
 def test_compute_losses_in_a_distributed_step(clip):
-    model = RFCN(num_classes=2, **TINY_RFCN_KWARGS)
+    model = tiny_rfcn(2)
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
 
     @tf.function
@@ -144,9 +147,9 @@ def test_compute_losses_in_a_distributed_step(clip):
     np.testing.assert_allclose(float(losses["class_loss"]), np.log(3.0), atol=0.1)
 
 
-@pytest.mark.parametrize("cls,kwargs", [(RFCN, TINY_RFCN_KWARGS), (STMN, TINY_STMN_KWARGS)])
-def test_keras_save_and_load(tmp_path, clip, cls, kwargs):
-    model = cls(num_classes=2, **dict(kwargs, score_threshold=0.0))
+@pytest.mark.parametrize("cls,build", [(RFCN, tiny_rfcn), (STMN, tiny_stmn)])
+def test_keras_save_and_load(tmp_path, clip, cls, build):
+    model = build(2, post_processing={"score_threshold": 0.0})
     expected = numpy(model.predict_step(clip))
     path = str(tmp_path / "model.keras")
     model.save(path)
@@ -159,7 +162,7 @@ def test_keras_save_and_load(tmp_path, clip, cls, kwargs):
 
 
 def test_stmn_memory_and_saliency(clip):
-    model = STMN(num_classes=2, **TINY_STMN_KWARGS)
+    model = tiny_stmn(2)
     memory = model.memory(clip).numpy()
     assert memory.shape == (1, 3, 6, 6, 64)  # 96 px / 16; forward then backward
     saliency = model.saliency(clip["images"]).numpy()
@@ -171,8 +174,14 @@ def test_stmn_memory_and_saliency(clip):
 
 
 def test_unknown_arguments_raise():
-    with pytest.raises(ValueError, match="memory_direction"):
-        STMN(num_classes=2, memory_direction="sideways", **TINY_STMN_KWARGS)
+    with pytest.raises(ValueError, match="memory.direction"):
+        tiny_stmn(2, memory={"direction": "sideways"})
+    with pytest.raises(ValueError, match="memory must be"):
+        STMN(memory=keras.layers.Conv2D(8, 3), **detector_parts(tiny_config("stmn")))
+    parts = detector_parts(tiny_config("rfcn"))
+    parts["proposal_generator"] = ProposalGenerator((16.0,), (1.0,))
+    with pytest.raises(ValueError, match="3 anchors per position.*proposal_generator has 1"):
+        RFCN(head_conv=keras.layers.Conv2D(64, 3), **parts)
     config = tiny_model_config("stmn")
     config.override({"memory": {"variant": "lstm"}})
     with pytest.raises(ValueError, match="variant"):
