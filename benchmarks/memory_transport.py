@@ -13,17 +13,19 @@ logits, is trained (on all speeds at once, or one model per speed with
 measured on the frames where an object's cue is hidden, where only the memory can know
 the class. The memories compared:
 
-    stmn                 BidirectionalSTMM(cell="stmm", align=True)   (paper Sec. 3)
+    stmn                 BidirectionalSTMM(cell="stmm", align=True)   (paper Sec. 3,
+                         the authors' MatchTrans, affinity_power=1)
     stmn_no_matchtrans   BidirectionalSTMM(cell="stmm", align=False)  (Table 2)
     convgru              BidirectionalSTMM(cell="convgru", align=False)
     static               a 3x3 conv with no memory (chance is 1 / classes)
     convgru_matchtrans   BidirectionalSTMM(cell="convgru", align=True)  (not by default)
+    stmn_sharpened       BidirectionalSTMM(cell="stmm", align=True,
+                         affinity_power=--affinity-power)  (not by default): the
+                         ReLU'd cosine raised to a power before the normalisation
 
-plus, with `--prototypes`, STMN with sharpened MatchTrans affinities that the layers do
-not offer (yet): `stmn_power` (the ReLU'd cosine raised to a power before the
-normalisation) and `stmn_centred` (the features centred over the frame's positions
-before the cosine), built here from the convolutions of public `STMMCell`s and
-`stmn_tf.ops.bn_star`.
+plus, with `--prototypes`, a sharpening that the layers do not offer:
+`stmn_centred` (the features centred over the frame's positions before the cosine),
+built here from the convolutions of public `STMMCell`s and `stmn_tf.ops.bn_star`.
 
 The input plays the part of STMN's F_t: the frame's own feature map that MatchTrans
 reads (paper Sec. 3.3), which STMN takes from a pretrained network. By default it is
@@ -34,7 +36,8 @@ most two (plus the convolutions' one); so for v > 1 a memory without alignment f
 behind its object.
 
     python benchmarks/memory_transport.py [--speeds 0 0.5 1 1.5 2 2.5 3] [--seeds 3]
-        [--steps 600] [--prototypes] [--output-dir reports/memory_transport]
+        [--steps 600] [--variants ... stmn_sharpened] [--affinity-power 4]
+        [--prototypes] [--output-dir reports/memory_transport]
 
 The default run (3 seeds x 4 variants, each trained on all 7 speeds) takes about 15
 minutes on 2 cores; each prototype adds about 4 minutes per seed.
@@ -72,8 +75,9 @@ from stmn_tf.layers import STMMCell  # noqa: E402
 
 DEFAULT_SPEEDS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 MAIN_VARIANTS = ("stmn", "stmn_no_matchtrans", "convgru")
-PROTOTYPES = ("stmn_power", "stmn_centred")
-VARIANTS = MAIN_VARIANTS + ("static", "convgru_matchtrans") + PROTOTYPES
+PROTOTYPES = ("stmn_centred",)
+VARIANTS = MAIN_VARIANTS + ("static", "convgru_matchtrans", "stmn_sharpened") + PROTOTYPES
+DEFAULT_AFFINITY_POWER = 4.0
 _NORM_EPSILON = 1e-8  # as in stmn_tf.ops.match_trans
 _MIN_MASS = 1e-7
 
@@ -254,7 +258,7 @@ def accuracy_by_distance(predictions, labels, hidden, distance, frames):
 
 
 # ----------------------------------------------------------------------------------
-# Sharpened MatchTrans (prototypes of options the layers do not have).
+# Centred MatchTrans (a prototype of an option the layers do not have).
 
 
 def window_cosines(features, prev_features, k):
@@ -283,29 +287,26 @@ def window_cosines(features, prev_features, k):
     return tf.stack(cosines, axis=-1), tf.stack(inside, axis=-1)
 
 
-def sharpened_coefficients(features, prev_features, k=2, affinity="authors", power=4.0):
-    """MatchTrans coefficients with an optional sharpening of the affinities.
+def sharpened_coefficients(features, prev_features, k=2, affinity="authors"):
+    """MatchTrans coefficients with an optional centring of the features.
 
     `"authors"`: `max(0, cos)` normalised over the in-bounds window, the layers'
-    formula (`stmn_tf.ops.match_trans_coefficients`). `"power"`: `max(0, cos) ** power`:
-    with non-negative features every cosine is positive, and a power pushes the
-    background's moderate cosines towards 0 while a near-1 match stays near 1.
-    `"centred"`: the cosine of the features minus their mean over the frame's
-    positions (each frame its own mean), which removes the positive offset that
-    non-negative features share. The identity where no affinity is positive, as in
-    the layers.
+    formula (`stmn_tf.ops.match_trans_coefficients`). `"centred"`: the cosine of the
+    features minus their mean over the frame's positions (each frame its own mean),
+    which removes the positive offset that non-negative features share. The identity
+    where no affinity is positive, as in the layers. (The power sharpening is the
+    layers' own `affinity_power`.)
 
     Args:
       features, prev_features: `[B, H, W, C]`.
       k: int. Window radius. Defaults to 2.
-      affinity: str. `"authors"`, `"power"` or `"centred"`. Defaults to `"authors"`.
-      power: float. The exponent of `"power"`. Defaults to 4.0.
+      affinity: str. `"authors"` or `"centred"`. Defaults to `"authors"`.
 
     Returns:
       `[B, H, W, (2k+1)^2]`, summing to 1 at every position; no gradient.
     """
-    if affinity not in ("authors", "power", "centred"):
-        raise ValueError(f"affinity must be 'authors', 'power' or 'centred', got {affinity!r}")
+    if affinity not in ("authors", "centred"):
+        raise ValueError(f"affinity must be 'authors' or 'centred', got {affinity!r}")
     features = tf.stop_gradient(tf.convert_to_tensor(features, tf.float32))
     prev_features = tf.stop_gradient(tf.convert_to_tensor(prev_features, tf.float32))
     if affinity == "centred":
@@ -313,8 +314,6 @@ def sharpened_coefficients(features, prev_features, k=2, affinity="authors", pow
         prev_features = prev_features - tf.reduce_mean(prev_features, axis=[1, 2], keepdims=True)
     cosines, inside = window_cosines(features, prev_features, k)
     a = tf.nn.relu(cosines) * inside
-    if affinity == "power":
-        a = a**power
     mass = tf.reduce_sum(a, axis=-1, keepdims=True)
     identity = tf.one_hot((2 * k + 1) * k + k, (2 * k + 1) ** 2)
     empty = mass < _MIN_MASS
@@ -333,8 +332,8 @@ def align_with(coefficients, memory, k):
     return out
 
 
-class SharpenedBidirectionalSTMM(keras.layers.Layer):
-    """BidirectionalSTMM with a sharpened MatchTrans (a prototype for this experiment).
+class CentredBidirectionalSTMM(keras.layers.Layer):
+    """BidirectionalSTMM with a centred MatchTrans (a prototype for this experiment).
 
     Two `STMMCell`s (forward and backward in time) whose memories are aligned with
     `sharpened_coefficients` before each step of Eqs. 1-4 (the cells themselves run
@@ -344,8 +343,7 @@ class SharpenedBidirectionalSTMM(keras.layers.Layer):
 
     Args:
       filters: int. Channels of each direction's memory.
-      affinity: str. See `sharpened_coefficients`.
-      power: float. See `sharpened_coefficients`.
+      affinity: str. See `sharpened_coefficients`. Defaults to `"centred"`.
       k: int. Window radius. Defaults to 2.
 
     Call arguments:
@@ -355,11 +353,10 @@ class SharpenedBidirectionalSTMM(keras.layers.Layer):
       `[B, T, H, W, 2 * filters]`, forward memory channels first, then backward.
     """
 
-    def __init__(self, filters, affinity="power", power=4.0, k=2, **kwargs):
+    def __init__(self, filters, affinity="centred", k=2, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.affinity = affinity
-        self.power = power
         self.k = k
 
     def build(self, sequences_shape):
@@ -396,7 +393,7 @@ class SharpenedBidirectionalSTMM(keras.layers.Layer):
         both = sharpened_coefficients(
             keras.ops.concatenate([later, earlier], 0),
             keras.ops.concatenate([earlier, later], 0),
-            self.k, self.affinity, self.power,
+            self.k, self.affinity,
         )  # [2 * B * (T-1), H, W, (2k+1)^2]
         both = keras.ops.reshape(both, (2, shape[0], steps - 1, shape[2], shape[3], -1))
         # The first step of each direction: F_{t-1} = F_t with zero memory, where any
@@ -416,8 +413,9 @@ class SharpenedBidirectionalSTMM(keras.layers.Layer):
 # Models, training, measurement.
 
 
-def memory_layer(variant, filters):
-    """The layer that the variant puts between the features and the classifier."""
+def memory_layer(variant, filters, affinity_power=DEFAULT_AFFINITY_POWER):
+    """The layer that the variant puts between the features and the classifier
+    (`affinity_power`: that of `stmn_sharpened`)."""
     if variant == "stmn":
         return BidirectionalSTMM(filters, cell="stmm", align=True, name="memory")
     if variant == "stmn_no_matchtrans":
@@ -431,17 +429,18 @@ def memory_layer(variant, filters):
         return keras.layers.Conv3D(
             2 * filters, (1, 3, 3), padding="same", activation="relu", name="memory"
         )
-    if variant == "stmn_power":
-        return SharpenedBidirectionalSTMM(filters, affinity="power", name="memory")
+    if variant == "stmn_sharpened":
+        return BidirectionalSTMM(filters, cell="stmm", align=True,
+                                 affinity_power=affinity_power, name="memory")
     if variant == "stmn_centred":
-        return SharpenedBidirectionalSTMM(filters, affinity="centred", name="memory")
+        return CentredBidirectionalSTMM(filters, affinity="centred", name="memory")
     raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
 
 
-def build_model(variant, spec, filters):
+def build_model(variant, spec, filters, affinity_power=DEFAULT_AFFINITY_POWER):
     """features `[B, T, H, W, C]` -> memory -> 1x1 conv -> logits `[B, T, H, W, classes]`."""
     inputs = keras.Input((spec.frames, spec.size, spec.size, spec.channels))
-    memory = memory_layer(variant, filters)(inputs)
+    memory = memory_layer(variant, filters, affinity_power)(inputs)
     logits = keras.layers.Dense(spec.classes, name="classifier")(memory)  # a 1x1 conv
     return keras.Model(inputs, logits, name=variant)
 
@@ -454,7 +453,7 @@ def train(variant, train_speeds, seed, spec, args):
     """
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng([seed] + [int(round(v * 100)) for v in train_speeds])
-    model = build_model(variant, spec, args.filters)
+    model = build_model(variant, spec, args.filters, args.affinity_power)
     optimizer = keras.optimizers.Adam(args.learning_rate, clipnorm=1.0)
 
     @tf.function
@@ -503,7 +502,7 @@ def evaluate(predict, clips, batch=32):
     return correct / max(counted, 1), by_distance
 
 
-def coefficient_stats(clips, k=2, affinity="authors"):
+def coefficient_stats(clips, k=2, affinity="authors", power=DEFAULT_AFFINITY_POWER):
     """Peakedness of the forward MatchTrans coefficients at the objects' centre cells.
 
     For every object and frame t >= 1, the coefficients of F_t's object-centre cell
@@ -517,8 +516,10 @@ def coefficient_stats(clips, k=2, affinity="authors"):
       clips: `make_clips` output (`features`, `cells`, and `labels` with `classes`
         for the occlusion check when present).
       k: int. Window radius. Defaults to 2.
-      affinity: str. As in `sharpened_coefficients`; `"authors"` uses
-        `stmn_tf.ops.match_trans_coefficients`, the layers' own.
+      affinity: str. `"authors"` and `"power"` use
+        `stmn_tf.ops.match_trans_coefficients`, the layers' own (with
+        `affinity_power` 1 and `power`), `"centred"` `sharpened_coefficients`.
+      power: float. The affinity power of `"power"`. Defaults to 4.0.
 
     Returns:
       dict of floats: `entropy`, `max_weight`, `true_weight`, `argmax_on_true`
@@ -530,8 +531,10 @@ def coefficient_stats(clips, k=2, affinity="authors"):
     b_, t_ = features.shape[:2]
     current = features[:, 1:].reshape((-1,) + features.shape[2:])
     previous = features[:, :-1].reshape((-1,) + features.shape[2:])
-    if affinity == "authors":
-        coefficients = ops.match_trans_coefficients(current, previous, k=k, implementation="tf")
+    if affinity in ("authors", "power"):
+        coefficients = ops.match_trans_coefficients(
+            current, previous, k=k, implementation="tf",
+            affinity_power=power if affinity == "power" else 1.0)
     else:
         coefficients = sharpened_coefficients(current, previous, k, affinity)
     coefficients = coefficients.numpy().reshape(b_, t_ - 1, *coefficients.shape[1:])
@@ -628,12 +631,17 @@ def parse_args(argv):
                         default=list(MAIN_VARIANTS) + ["static"])
     parser.add_argument("--train-per-speed", action="store_true",
                         help="train one model per speed (default: one on all speeds)")
+    parser.add_argument("--affinity-power", type=float, default=DEFAULT_AFFINITY_POWER,
+                        help="MatchTrans affinity power of the stmn_sharpened variant "
+                             "(stmn is the authors' 1.0)")
     parser.add_argument("--prototypes", action="store_true",
                         help=f"also run the sharpened-MatchTrans prototypes {PROTOTYPES}")
     parser.add_argument("--output-dir", default=os.path.join("reports", "memory_transport"))
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.steps < 1:
         parser.error("--seeds and --steps must be >= 1")
+    if not np.isfinite(args.affinity_power) or args.affinity_power <= 0:
+        parser.error(f"--affinity-power must be a finite number > 0, got {args.affinity_power}")
     if args.prototypes:
         args.variants += [p for p in PROTOTYPES if p not in args.variants]
     return args
@@ -662,7 +670,8 @@ def main(argv=None):
             make_clips(np.random.default_rng([10_000, i]), args.eval_clips, speed, spec)
         )
         for affinity, rows in peakedness.items():
-            rows.append(coefficient_stats(eval_sets[i], affinity=affinity))
+            rows.append(coefficient_stats(eval_sets[i], affinity=affinity,
+                                          power=args.affinity_power))
     # One model per speed (--train-per-speed) or one per variant and seed on all speeds.
     groups = [[i] for i in range(len(speeds))] if args.train_per_speed else [
         list(range(len(speeds)))]
@@ -747,7 +756,7 @@ def main(argv=None):
                          for a, rows in peakedness.items()},
         "config": {**dataclasses.asdict(spec), "steps": args.steps, "batch": args.batch,
                    "learning_rate": args.learning_rate, "filters": args.filters,
-                   "eval_clips": args.eval_clips,
+                   "eval_clips": args.eval_clips, "affinity_power": args.affinity_power,
                    "train_per_speed": args.train_per_speed},
         "seconds": round(time.perf_counter() - started, 1),
     }

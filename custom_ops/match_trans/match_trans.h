@@ -3,16 +3,30 @@
 // For every position p = (y, x) and offset o = (dy, dx) in [-k, k]^2 whose neighbour
 // q = p + o lies inside the map:
 //
-//   a(o)  = max(0, <F_t(p), F_{t-1}(q)> / ((|F_t(p)| + 1e-8) (|F_{t-1}(q)| + 1e-8)))
+//   a(o)  = max(0, <F_t(p), F_{t-1}(q)> / ((|F_t(p)| + 1e-8) (|F_{t-1}(q)| + 1e-8)))^power
 //   mass  = sum_o a(o)
 //   M'(p) = sum_o a(o) / mass * M_{t-1}(q)        if mass >= 1e-7
 //   M'(p) = M_{t-1}(p)                             otherwise
+//
+// `power` (the op's attr affinity_power) is 1 in the authors' code; a larger power
+// sharpens the window where every cosine is positive (non-negative features make the
+// ReLU'd cosines nearly uniform). The 1e-7 threshold applies to the powered
+// affinities. With power == 1 no pow is evaluated, so the numbers are the authors'.
 //
 // Out-of-bounds neighbours are skipped, not zero padded, and their coefficient is 0.
 // In the fallback case the coefficients are a one-hot at o = (0, 0), so that
 // M' = sum_o coef(o) M_{t-1}(p + o) holds everywhere and the gradient with respect to
 // the memory is the transpose of that sum. As in the authors' code, no gradient flows
 // into the features through the coefficients.
+//
+// Non-finite input (the same rule in the pure-TF twin, stmn_tf/ops/match_trans_tf.py):
+//   - the coefficients of p are NaN at every in-bounds offset (0 out of bounds) when
+//     the squared norm of F_t(p) or of any in-bounds F_{t-1}(q) is not finite (a NaN
+//     or an Inf in the vector, or a sum of squares past the accumulator's range);
+//   - the aligned memory of p is NaN in all D channels when its coefficients are, or
+//     when any in-bounds M_{t-1}(q) holds a NaN or an Inf (whatever its coefficient).
+// Everywhere else the output is what the formula above gives: one bad cell never
+// changes positions whose window does not contain it.
 //
 // Layout: NHWC. features, prev_features: [B, H, W, C]; prev_memory: [B, H, W, D];
 // coefficients: [B, H, W, (2k+1)^2], offset (dy, dx) at index (dy+k)*(2k+1) + (dx+k).
@@ -22,9 +36,9 @@
 // float, double) and the standalone GPU check (gpu_check/) all compile it.
 //
 // Which functions the CUDA kernels share with the CPU kernels, precisely:
-//   shared:   Dims, Accumulator, NormFromSquaredSum, Affinity, NormalisedCoefficient,
-//             ForwardWindow, GradWindow (the in-bounds offset ranges), kNormEpsilon,
-//             kMinMass. The CUDA kernels call these for every position.
+//   shared:   Dims, Accumulator, NormFromSquaredSum, Affinity, Sharpen, IsFinite,
+//             NonFiniteFlag, NotANumber, NormalisedCoefficient, ForwardWindow,
+//             GradWindow (the in-bounds offset ranges), kNormEpsilon, kMinMass. The CUDA kernels call these for every position.
 //   CPU only: Dot, NormPlusEpsilon, NormaliseWindow, CoefficientsAt, AlignAt,
 //             AlignGradAt (the generic per-position path), ReferenceForward and
 //             ReferenceBackward (that path over a batch on one thread), and the
@@ -73,10 +87,11 @@ struct Accumulator<double> {
   using type = double;
 };
 
-// Sizes of one call.
+// Sizes of one call, and the power of the affinities (1: the authors' formula).
 struct Dims {
   int64_t batch, height, width, channels, depth;
   int k;
+  float affinity_power = 1.f;
   STMN_HOST_DEVICE int64_t positions() const { return batch * height * width; }
   STMN_HOST_DEVICE int64_t window() const {
     return static_cast<int64_t>(2 * k + 1) * (2 * k + 1);
@@ -93,19 +108,55 @@ STMN_HOST_DEVICE A NormFromSquaredSum(A squared_sum) {
   return sqrt(squared_sum) + A(kNormEpsilon);
 }
 
-// The affinity of the authors' code: the ReLU'd cosine, with each norm + 1e-8.
+// a^power for a >= 0; power == 1 returns a itself (the authors' numbers, no pow).
+template <typename A>
+STMN_HOST_DEVICE A Sharpen(A a, float power) {
+  if (power == 1.f) return a;
+#if defined(__CUDA_ARCH__)
+  return pow(a, static_cast<A>(power));
+#else
+  return std::pow(a, static_cast<A>(power));
+#endif
+}
+
+// The affinity of the authors' code: the ReLU'd cosine, with each norm + 1e-8. The
+// kernels store it (in [0, 1], so half precision is safe) and raise it to the power
+// when they sum the window's mass and when they normalise (NormalisedCoefficient):
+// a powered affinity stored in half would lose its digits below 6e-5.
 template <typename A>
 STMN_HOST_DEVICE A Affinity(A dot, A norm_f, A norm_q) {
   const A a = dot / (norm_f * norm_q);
   return a > A(0) ? a : A(0);
 }
 
+// True for finite v (NaN and +-Inf give NaN in v - v). The library is built without
+// -ffast-math, which would fold this to true.
+template <typename A>
+STMN_HOST_DEVICE bool IsFinite(A v) {
+  return v - v == A(0);
+}
+
+// The finiteness flag of one memory vector from the sum of (m - m) over its
+// channels: 0 when every channel is finite, NaN otherwise.
+template <typename A>
+STMN_HOST_DEVICE bool NonFiniteFlag(A flag) {
+  return !(flag == A(0));
+}
+
+template <typename A>
+STMN_HOST_DEVICE A NotANumber() {
+  return static_cast<A>(NAN);
+}
+
 // One normalised coefficient from its affinity as stored in T (out-of-bounds
-// offsets store 0) and the window's mass (the sum of the unrounded affinities);
-// with no positive affinity the memory is kept as it is: a one-hot at the centre.
+// offsets store 0), raised to `power`, and the window's mass (the sum of the powered
+// unrounded affinities); with no mass the memory is kept as it is: a one-hot at the
+// centre.
 template <typename T, typename A>
-STMN_HOST_DEVICE T NormalisedCoefficient(T affinity, A mass, bool centre) {
-  if (mass >= A(kMinMass)) return static_cast<T>(static_cast<A>(affinity) * (A(1) / mass));
+STMN_HOST_DEVICE T NormalisedCoefficient(T affinity, A mass, bool centre, float power) {
+  if (mass >= A(kMinMass)) {
+    return static_cast<T>(Sharpen(static_cast<A>(affinity), power) * (A(1) / mass));
+  }
   return static_cast<T>(centre ? A(1) : A(0));
 }
 
@@ -142,17 +193,58 @@ inline A NormPlusEpsilon(const T* v, int64_t n) {
 }
 
 // Normalises a window of affinities (in `coef`, [(2k+1)^2], out-of-bounds entries 0)
-// by their sum `mass`.
+// raised to `power` by `mass`, the sum of the powered affinities.
 template <typename T, typename A>
-inline void NormaliseWindow(A mass, int k, T* coef) {
+inline void NormaliseWindow(A mass, int k, float power, T* coef) {
   const int K = 2 * k + 1;
   for (int i = 0; i < K * K; ++i) {
-    coef[i] = NormalisedCoefficient<T, A>(coef[i], mass, i == k * K + k);
+    coef[i] = NormalisedCoefficient<T, A>(coef[i], mass, i == k * K + k, power);
   }
 }
 
+// NaN at the in-bounds offsets of the window of (y, x) (the non-finite rule above);
+// the out-of-bounds entries stay 0, so the memory gradient of cells outside the
+// window is not touched.
+template <typename T>
+inline void PoisonWindow(int64_t H, int64_t W, int k, int64_t y, int64_t x, T* coef) {
+  const int K = 2 * k + 1;
+  int dy0, dy1, dx0, dx1;
+  ForwardWindow(y, H, k, &dy0, &dy1);
+  ForwardWindow(x, W, k, &dx0, &dx1);
+  for (int dy = dy0; dy <= dy1; ++dy) {
+    for (int dx = dx0; dx <= dx1; ++dx) coef[(dy + k) * K + (dx + k)] = NotANumber<T>();
+  }
+}
+
+// The sum of (m - m) over one memory vector's D channels: its NonFiniteFlag input.
+template <typename A, typename T>
+inline A MemoryFlag(const T* m, int64_t D) {
+  A acc = A(0);
+  STMN_SIMD_REDUCE
+  for (int64_t i = 0; i < D; ++i) acc += static_cast<A>(m[i]) - static_cast<A>(m[i]);
+  return acc;
+}
+
+// True when a memory vector in the in-bounds window of (y, x) is not finite
+// (`memory_flags`: this image's [H, W] of MemoryFlag).
+template <typename A>
+inline bool MemoryWindowNonFinite(const A* memory_flags, int64_t H, int64_t W, int k,
+                                  int64_t y, int64_t x) {
+  int dy0, dy1, dx0, dx1;
+  ForwardWindow(y, H, k, &dy0, &dy1);
+  ForwardWindow(x, W, k, &dx0, &dx1);
+  bool bad = false;
+  for (int dy = dy0; dy <= dy1; ++dy) {
+    for (int dx = dx0; dx <= dx1; ++dx) {
+      bad = bad || NonFiniteFlag(memory_flags[(y + dy) * W + (x + dx)]);
+    }
+  }
+  return bad;
+}
+
 // Writes the normalised coefficients of position (y, x) to `coef` ([(2k+1)^2]);
-// `coef` doubles as scratch for the affinities (cosines, so half precision is safe).
+// `coef` doubles as scratch for the affinities (in [0, 1], so half precision is safe).
+// NaN at the in-bounds offsets when a feature norm in the window is not finite.
 //   features: this image's [H, W, C]; prev_features: [H, W, C];
 //   prev_norms: [H, W] holding |F_{t-1}(q)| + 1e-8.
 // The CPU kernel for half and double (and for float with
@@ -161,11 +253,12 @@ inline void NormaliseWindow(A mass, int k, T* coef) {
 // NormaliseWindow as here.
 template <typename T, typename A>
 inline void CoefficientsAt(const T* features, const T* prev_features, const A* prev_norms,
-                           int64_t H, int64_t W, int64_t C, int k, int64_t y, int64_t x,
-                           T* coef) {
+                           int64_t H, int64_t W, int64_t C, int k, float power, int64_t y,
+                           int64_t x, T* coef) {
   const int K = 2 * k + 1;
   const T* f = features + (y * W + x) * C;
   const A norm_f = NormPlusEpsilon<A>(f, C);
+  bool finite = IsFinite(norm_f);
   A mass = A(0);
   for (int dy = -k; dy <= k; ++dy) {
     const int64_t qy = y + dy;
@@ -175,12 +268,14 @@ inline void CoefficientsAt(const T* features, const T* prev_features, const A* p
       if (qy >= 0 && qy < H && qx >= 0 && qx < W) {  // out-of-bounds: skipped
         const int64_t q = qy * W + qx;
         a = Affinity<A>(Dot<A>(f, prev_features + q * C, C), norm_f, prev_norms[q]);
+        finite = finite && IsFinite(prev_norms[q]);
       }
-      mass += a;
+      mass += Sharpen(a, power);
       coef[(dy + k) * K + (dx + k)] = static_cast<T>(a);
     }
   }
-  NormaliseWindow<T, A>(mass, k, coef);
+  NormaliseWindow<T, A>(mass, k, power, coef);
+  if (!finite) PoisonWindow<T>(H, W, k, y, x, coef);
 }
 
 // Channels of the memory handled per pass in AlignAt/AlignGradAt: the partial sums
@@ -188,11 +283,17 @@ inline void CoefficientsAt(const T* features, const T* prev_features, const A* p
 // neighbours stream through, one contiguous block of each neighbour at a time.
 constexpr int kDepthBlock = 64;
 
-// aligned[d] = sum_o coef[o] * prev_memory(p + o)[d] for position (y, x).
+// aligned[d] = sum_o coef[o] * prev_memory(p + o)[d] for position (y, x); all NaN
+// when a memory vector of the window is not finite (`memory_flags`: this image's
+// [H, W] of MemoryFlag), even where its coefficient is 0 and the sum skips it.
 template <typename T, typename A>
-inline void AlignAt(const T* coef, const T* prev_memory, int64_t H, int64_t W, int64_t D,
-                    int k, int64_t y, int64_t x, T* aligned) {
+inline void AlignAt(const T* coef, const T* prev_memory, const A* memory_flags, int64_t H,
+                    int64_t W, int64_t D, int k, int64_t y, int64_t x, T* aligned) {
   const int K = 2 * k + 1;
+  if (MemoryWindowNonFinite(memory_flags, H, W, k, y, x)) {
+    for (int64_t d = 0; d < D; ++d) aligned[d] = NotANumber<T>();
+    return;
+  }
   int dy0, dy1, dx0, dx1;
   ForwardWindow(y, H, k, &dy0, &dy1);
   ForwardWindow(x, W, k, &dx0, &dx1);
@@ -251,22 +352,28 @@ inline void AlignGradAt(const T* coefficients, const T* grad_aligned, int64_t H,
 
 // Generic path over a whole batch, for the GPU check's host reference: the same
 // per-position calls as the CPU kernel's ForwardRange/GradRange, on one thread.
+// `scratch`: 2 * B*H*W accumulators, the norms of prev_features then the MemoryFlag
+// of each prev_memory vector.
 template <typename T>
 void ReferenceForward(const Dims& dims, const T* features, const T* prev_features,
-                      const T* prev_memory, typename Accumulator<T>::type* prev_norms,
+                      const T* prev_memory, typename Accumulator<T>::type* scratch,
                       T* aligned, T* coefficients) {
   using A = typename Accumulator<T>::type;
   const int64_t H = dims.height, W = dims.width, C = dims.channels, D = dims.depth;
-  const int64_t HW = H * W, K2 = dims.window();
-  for (int64_t i = 0; i < dims.positions(); ++i) {
+  const int64_t HW = H * W, K2 = dims.window(), n = dims.positions();
+  A* prev_norms = scratch;
+  A* memory_flags = scratch + n;
+  for (int64_t i = 0; i < n; ++i) {
     prev_norms[i] = NormPlusEpsilon<A>(prev_features + i * C, C);
+    memory_flags[i] = MemoryFlag<A>(prev_memory + i * D, D);
   }
-  for (int64_t i = 0; i < dims.positions(); ++i) {
+  for (int64_t i = 0; i < n; ++i) {
     const int64_t b = i / HW, y = (i % HW) / W, x = i % W;
     CoefficientsAt<T, A>(features + b * HW * C, prev_features + b * HW * C,
-                         prev_norms + b * HW, H, W, C, dims.k, y, x, coefficients + i * K2);
-    AlignAt<T, A>(coefficients + i * K2, prev_memory + b * HW * D, H, W, D, dims.k, y, x,
-                  aligned + i * D);
+                         prev_norms + b * HW, H, W, C, dims.k, dims.affinity_power, y, x,
+                         coefficients + i * K2);
+    AlignAt<T, A>(coefficients + i * K2, prev_memory + b * HW * D, memory_flags + b * HW, H,
+                  W, D, dims.k, y, x, aligned + i * D);
   }
 }
 

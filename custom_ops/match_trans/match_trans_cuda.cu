@@ -17,8 +17,9 @@
 // no fewer DRAM reads.
 //
 // Arithmetic per position as in the CPU's generic path, with the functions of
-// match_trans.h that both share: the norms (NormFromSquaredSum), Affinity, the
-// window bounds (ForwardWindow, GradWindow) and NormalisedCoefficient; the
+// match_trans.h that both share: the norms (NormFromSquaredSum), Affinity (and its
+// power), the window bounds (ForwardWindow, GradWindow), NormalisedCoefficient and the
+// non-finite rule (IsFinite, NonFiniteFlag, NotANumber); the
 // coefficients are rounded to T before the weighted sum, as the CPU reads them back
 // from its T output. Half inputs accumulate in float.
 
@@ -71,12 +72,13 @@ __device__ __forceinline__ WarpLoop Warps() {
 // One dynamic shared buffer for all kernels, aligned for double.
 extern __shared__ __align__(sizeof(double)) unsigned char shared_bytes[];
 
-// prev_norms[i] = |prev_features[i]| + 1e-8, i over the B*H*W positions.
+// scratch[i] = |prev_features[i]| + 1e-8 and scratch[n + i] = the sum of (m - m) over
+// prev_memory[i] (0, or NaN for a non-finite vector), i over the n = B*H*W positions.
 template <typename T, typename A>
 __global__ void MatchTransPrevNorms(Dims dims, const T* __restrict__ prev_features,
-                                    A* __restrict__ prev_norms) {
+                                    const T* __restrict__ prev_memory, A* __restrict__ scratch) {
   const WarpLoop w = Warps();
-  const int64_t n = dims.positions(), C = dims.channels;
+  const int64_t n = dims.positions(), C = dims.channels, D = dims.depth;
   for (int64_t i = w.first; i < n; i += w.stride) {  // warp-uniform
     const T* v = prev_features + i * C;
     A squares = A(0);
@@ -85,7 +87,17 @@ __global__ void MatchTransPrevNorms(Dims dims, const T* __restrict__ prev_featur
       squares += t * t;
     }
     const A norm = NormFromSquaredSum<A>(WarpSum(squares));
-    if (w.lane == 0) prev_norms[i] = norm;
+    const T* m = prev_memory + i * D;
+    A flag = A(0);
+    for (int64_t d = w.lane; d < D; d += kWarp) {
+      const A t = Load<A>(m + d);
+      flag += t - t;
+    }
+    flag = WarpSum(flag);
+    if (w.lane == 0) {
+      scratch[i] = norm;
+      scratch[n + i] = flag;
+    }
   }
 }
 
@@ -94,18 +106,22 @@ template <typename T, typename A>
 __global__ void MatchTransForward(Dims dims, const T* __restrict__ features,
                                   const T* __restrict__ prev_features,
                                   const T* __restrict__ prev_memory,
-                                  const A* __restrict__ prev_norms, T* __restrict__ aligned,
+                                  const A* __restrict__ scratch, T* __restrict__ aligned,
                                   T* __restrict__ coefficients) {
   const WarpLoop w = Warps();
   const int64_t H = dims.height, W = dims.width, C = dims.channels, D = dims.depth;
   const int64_t HW = H * W, n = dims.positions();
   const int k = dims.k, K = 2 * k + 1, K2 = K * K;
+  const float power = dims.affinity_power;
+  const A* prev_norms = scratch;
+  const A* memory_flags = scratch + n;
   A* window = reinterpret_cast<A*>(shared_bytes) + w.warp_in_block * K2;
   for (int64_t i = w.first; i < n; i += w.stride) {  // warp-uniform
     const int64_t b = i / HW, y = (i % HW) / W, x = i % W;
     const T* f = features + i * C;
     const T* prev_image = prev_features + b * HW * C;
     const A* norms_image = prev_norms + b * HW;
+    const A* flags_image = memory_flags + b * HW;
 
     A squares = A(0);
     for (int64_t c = w.lane; c < C; c += kWarp) {
@@ -119,6 +135,19 @@ __global__ void MatchTransForward(Dims dims, const T* __restrict__ features,
     int dy0, dy1, dx0, dx1;
     ForwardWindow(y, H, k, &dy0, &dy1);
     ForwardWindow(x, W, k, &dx0, &dx1);
+    // The non-finite rule of match_trans.h: a non-finite feature norm in the window
+    // poisons the coefficients, a non-finite memory vector the aligned memory.
+    bool features_ok = IsFinite(norm_f), memory_ok = true;
+    for (int o = w.lane; o < K2; o += kWarp) {
+      const int dy = o / K - k, dx = o % K - k;
+      if (dy >= dy0 && dy <= dy1 && dx >= dx0 && dx <= dx1) {
+        const int64_t q = (y + dy) * W + (x + dx);
+        features_ok = features_ok && IsFinite(norms_image[q]);
+        memory_ok = memory_ok && !NonFiniteFlag(flags_image[q]);
+      }
+    }
+    features_ok = __all_sync(kFullMask, features_ok);
+    memory_ok = __all_sync(kFullMask, memory_ok);
     for (int dy = dy0; dy <= dy1; ++dy) {
       for (int dxs = dx0; dxs <= dx1; dxs += kRowChunk) {
         const int count = dx1 - dxs + 1 < kRowChunk ? dx1 - dxs + 1 : kRowChunk;
@@ -148,12 +177,17 @@ __global__ void MatchTransForward(Dims dims, const T* __restrict__ features,
     __syncwarp();
 
     A partial = A(0);
-    for (int o = w.lane; o < K2; o += kWarp) partial += window[o];
+    for (int o = w.lane; o < K2; o += kWarp) partial += Sharpen(window[o], power);
     const A mass = WarpSum(partial);
     T* coef = coefficients + i * K2;
     for (int o = w.lane; o < K2; o += kWarp) {
       // The affinity rounded to T first, as the CPU stores it before normalising.
-      const T c = NormalisedCoefficient<T, A>(static_cast<T>(window[o]), mass, o == k * K + k);
+      T c = NormalisedCoefficient<T, A>(static_cast<T>(window[o]), mass, o == k * K + k,
+                                        power);
+      const int dy = o / K - k, dx = o % K - k;
+      if (!features_ok && dy >= dy0 && dy <= dy1 && dx >= dx0 && dx <= dx1) {
+        c = NotANumber<T>();  // in-bounds offsets only, as PoisonWindow
+      }
       coef[o] = c;
       window[o] = static_cast<A>(c);  // each lane rewrites only the entries it read
     }
@@ -162,6 +196,10 @@ __global__ void MatchTransForward(Dims dims, const T* __restrict__ features,
     const T* memory_image = prev_memory + b * HW * D;
     for (int64_t d = w.lane; d < D; d += kWarp) {
       A acc = A(0);
+      if (!memory_ok) {  // warp-uniform
+        aligned[i * D + d] = NotANumber<T>();
+        continue;
+      }
       for (int dy = dy0; dy <= dy1; ++dy) {
         for (int dx = dx0; dx <= dx1; ++dx) {
           const A c = window[(dy + k) * K + (dx + k)];
@@ -290,7 +328,7 @@ cudaError_t Plan(int64_t items, size_t shared_per_warp, Launch* launch) {
 
 template <typename T>
 LaunchStatus Forward(const Dims& dims, const T* features, const T* prev_features,
-                     const T* prev_memory, typename Accumulator<T>::type* prev_norms,
+                     const T* prev_memory, typename Accumulator<T>::type* scratch,
                      T* aligned, T* coefficients, cudaStream_t stream) {
   using A = typename Accumulator<T>::type;
   const int64_t n = dims.positions();
@@ -298,14 +336,14 @@ LaunchStatus Forward(const Dims& dims, const T* features, const T* prev_features
   Launch launch;
   cudaError_t e = Plan(n, 0, &launch);
   if (e != cudaSuccess) return {e, "MatchTransPrevNorms (launch plan)"};
-  MatchTransPrevNorms<T, A><<<launch.blocks, launch.threads, 0, stream>>>(dims, prev_features,
-                                                                         prev_norms);
+  MatchTransPrevNorms<T, A><<<launch.blocks, launch.threads, 0, stream>>>(
+      dims, prev_features, prev_memory, scratch);
   e = cudaGetLastError();
   if (e != cudaSuccess) return {e, "MatchTransPrevNorms"};
   e = Plan(n, sizeof(A) * dims.window(), &launch);
   if (e != cudaSuccess) return {e, "MatchTransForward (launch plan)"};
   MatchTransForward<T, A><<<launch.blocks, launch.threads, launch.shared, stream>>>(
-      dims, features, prev_features, prev_memory, prev_norms, aligned, coefficients);
+      dims, features, prev_features, prev_memory, scratch, aligned, coefficients);
   e = cudaGetLastError();
   if (e != cudaSuccess) return {e, "MatchTransForward"};
   return {cudaSuccess, nullptr};

@@ -6,7 +6,9 @@
 // T is __half, float or double; half inputs accumulate in float (Accumulator<T>).
 // Shapes (NHWC): features, prev_features [B, H, W, C]; prev_memory, aligned,
 // grad_aligned, grad_prev_memory [B, H, W, D]; coefficients [B, H, W, (2k+1)^2];
-// prev_norms is scratch of B*H*W accumulators.
+// scratch is 2 * B*H*W accumulators: the norms of prev_features, then the finiteness
+// flags of prev_memory (match_trans.h, MemoryFlag). dims.affinity_power is the power of
+// the affinities (1: the authors' formula).
 
 #ifndef STMN_CUSTOM_OPS_MATCH_TRANS_MATCH_TRANS_CUDA_CUH_
 #define STMN_CUSTOM_OPS_MATCH_TRANS_MATCH_TRANS_CUDA_CUH_
@@ -28,10 +30,10 @@ struct LaunchStatus {
   bool ok() const { return error == cudaSuccess; }
 };
 
-// Forward: prev_norms, then coefficients and aligned memory, on `stream`.
+// Forward: the scratch, then coefficients and aligned memory, on `stream`.
 template <typename T>
 LaunchStatus Forward(const Dims& dims, const T* features, const T* prev_features,
-                     const T* prev_memory, typename Accumulator<T>::type* prev_norms,
+                     const T* prev_memory, typename Accumulator<T>::type* scratch,
                      T* aligned, T* coefficients, cudaStream_t stream);
 
 // Backward: grad_prev_memory from the forward's coefficients, as a gather over the

@@ -19,13 +19,14 @@ namespace match_trans {
 enum class CpuPath { kFast, kGeneric };
 
 // Forward: fills `aligned` [B, H, W, D] and `coefficients` [B, H, W, (2k+1)^2].
-// `prev_norms` is scratch of B*H*W accumulators.
+// `scratch` is 2 * B*H*W accumulators (the previous features' norms, then the
+// memory's finiteness flags).
 template <typename Device, typename T>
 struct MatchTransFunctor {
   ::tensorflow::Status operator()(const Device& device, CpuPath path, const Dims& dims,
                                   const T* features, const T* prev_features,
                                   const T* prev_memory,
-                                  typename Accumulator<T>::type* prev_norms, T* aligned,
+                                  typename Accumulator<T>::type* scratch, T* aligned,
                                   T* coefficients);
 };
 

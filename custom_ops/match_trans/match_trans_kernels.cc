@@ -11,6 +11,7 @@
 
 #include "match_trans.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <string>
 #include <type_traits>
@@ -30,28 +31,37 @@ using CPUDevice = Eigen::ThreadPoolDevice;
 using GPUDevice = Eigen::GpuDevice;
 
 // Work on a range of positions [begin, end) of the flattened [B, H, W] grid.
+//
+// `scratch` holds 2 * B*H*W accumulators: [0, n) the norms |F_{t-1}(q)| + 1e-8,
+// [n, 2n) the MemoryFlag of each M_{t-1}(q) (n = B*H*W), both filled by NormsRange.
 template <typename T>
-void NormsRange(const Dims& dims, const T* prev_features,
-                typename Accumulator<T>::type* prev_norms, int64_t begin, int64_t end) {
+void NormsRange(const Dims& dims, const T* prev_features, const T* prev_memory,
+                typename Accumulator<T>::type* scratch, int64_t begin, int64_t end) {
   using A = typename Accumulator<T>::type;
+  A* memory_flags = scratch + dims.positions();
   for (int64_t i = begin; i < end; ++i) {
-    prev_norms[i] = NormPlusEpsilon<A>(prev_features + i * dims.channels, dims.channels);
+    scratch[i] = NormPlusEpsilon<A>(prev_features + i * dims.channels, dims.channels);
+    memory_flags[i] = MemoryFlag<A>(prev_memory + i * dims.depth, dims.depth);
   }
 }
 
 template <typename T>
 void ForwardRange(const Dims& dims, const T* features, const T* prev_features,
-                  const T* prev_memory, const typename Accumulator<T>::type* prev_norms,
+                  const T* prev_memory, const typename Accumulator<T>::type* scratch,
                   T* aligned, T* coefficients, int64_t begin, int64_t end) {
   using A = typename Accumulator<T>::type;
   const int64_t H = dims.height, W = dims.width, C = dims.channels, D = dims.depth;
   const int64_t HW = H * W, K2 = dims.window();
+  const A* prev_norms = scratch;
+  const A* memory_flags = scratch + dims.positions();
   for (int64_t i = begin; i < end; ++i) {
     const int64_t b = i / HW, y = (i % HW) / W, x = i % W;
     T* coef = coefficients + i * K2;
     CoefficientsAt<T, A>(features + b * HW * C, prev_features + b * HW * C,
-                         prev_norms + b * HW, H, W, C, dims.k, y, x, coef);
-    AlignAt<T, A>(coef, prev_memory + b * HW * D, H, W, D, dims.k, y, x, aligned + i * D);
+                         prev_norms + b * HW, H, W, C, dims.k, dims.affinity_power, y, x,
+                         coef);
+    AlignAt<T, A>(coef, prev_memory + b * HW * D, memory_flags + b * HW, H, W, D, dims.k, y,
+                  x, aligned + i * D);
   }
 }
 
@@ -151,12 +161,15 @@ void BandDots(const float* frow, const float* grow, int64_t W, int64_t C, int64_
 
 template <int KS>
 void ForwardRowsFloat(const Dims& dims, const float* features, const float* prev_features,
-                      const float* prev_memory, const float* prev_norms, float* aligned,
+                      const float* prev_memory, const float* scratch, float* aligned,
                       float* coefficients, int64_t row_begin, int64_t row_end) {
   constexpr int k = KS / 2;
   constexpr int K2 = KS * KS;
   const int64_t H = dims.height, W = dims.width, C = dims.channels, D = dims.depth;
   const int64_t HW = H * W;
+  const float power = dims.affinity_power;
+  const float* prev_norms = scratch;
+  const float* memory_flags = scratch + dims.positions();
   std::vector<float> dots(W * K2), norms(W);
   for (int64_t row = row_begin; row < row_end; ++row) {  // row = b * H + y
     const int64_t b = row / H, y = row % H;
@@ -171,21 +184,24 @@ void ForwardRowsFloat(const Dims& dims, const float* features, const float* prev
       const int64_t i = row * W + x;
       float* coef = coefficients + i * K2;
       float mass = 0.f;
+      bool finite = IsFinite(norms[x]);
       for (int dy = -k; dy <= k; ++dy) {
         for (int dx = -k; dx <= k; ++dx) {
           const int o = (dy + k) * KS + dx + k;
           float a = 0.f;
           if (y + dy >= 0 && y + dy < H && x + dx >= 0 && x + dx < W) {
-            a = Affinity<float>(dots[x * K2 + o], norms[x],
-                                prev_norms[b * HW + (y + dy) * W + x + dx]);
+            const float norm_q = prev_norms[b * HW + (y + dy) * W + x + dx];
+            a = Affinity<float>(dots[x * K2 + o], norms[x], norm_q);
+            finite = finite && IsFinite(norm_q);
           }
-          mass += a;
+          mass += Sharpen(a, power);
           coef[o] = a;
         }
       }
-      NormaliseWindow<float, float>(mass, k, coef);
-      AlignAt<float, float>(coef, prev_memory + b * HW * D, H, W, D, k, y, x,
-                            aligned + i * D);
+      NormaliseWindow<float, float>(mass, k, power, coef);
+      if (!finite) PoisonWindow<float>(H, W, k, y, x, coef);
+      AlignAt<float, float>(coef, prev_memory + b * HW * D, memory_flags + b * HW, H, W, D,
+                            k, y, x, aligned + i * D);
     }
   }
 }
@@ -214,15 +230,15 @@ void GradRange(const Dims& dims, const T* coefficients, const T* grad_aligned,
 
 #define STMN_DEFINE_DISPATCH(T)                                                          \
   STMN_CLONES void NormsDispatch(const Dims& dims, const T* prev_features,               \
-                                 Accumulator<T>::type* prev_norms, int64_t begin,        \
-                                 int64_t end) {                                          \
-    NormsRange<T>(dims, prev_features, prev_norms, begin, end);                          \
+                                 const T* prev_memory, Accumulator<T>::type* scratch,    \
+                                 int64_t begin, int64_t end) {                           \
+    NormsRange<T>(dims, prev_features, prev_memory, scratch, begin, end);                \
   }                                                                                      \
   STMN_CLONES void ForwardDispatch(const Dims& dims, const T* features,                  \
                                    const T* prev_features, const T* prev_memory,         \
-                                   const Accumulator<T>::type* prev_norms, T* aligned,   \
+                                   const Accumulator<T>::type* scratch, T* aligned,      \
                                    T* coefficients, int64_t begin, int64_t end) {        \
-    ForwardRange<T>(dims, features, prev_features, prev_memory, prev_norms, aligned,     \
+    ForwardRange<T>(dims, features, prev_features, prev_memory, scratch, aligned,        \
                     coefficients, begin, end);                                           \
   }                                                                                      \
   STMN_CLONES void GradDispatch(const Dims& dims, const T* coefficients,                 \
@@ -239,13 +255,13 @@ STMN_DEFINE_DISPATCH(double)
 // k has no blocked kernel (then the generic per-position path runs).
 STMN_CLONES bool ForwardRowsFloatDispatch(const Dims& dims, const float* features,
                                           const float* prev_features, const float* prev_memory,
-                                          const float* prev_norms, float* aligned,
+                                          const float* scratch, float* aligned,
                                           float* coefficients, int64_t row_begin,
                                           int64_t row_end) {
   switch (dims.k) {
 #define STMN_CASE(KS)                                                                   \
   case KS / 2:                                                                          \
-    ForwardRowsFloat<KS>(dims, features, prev_features, prev_memory, prev_norms, aligned, \
+    ForwardRowsFloat<KS>(dims, features, prev_features, prev_memory, scratch, aligned,    \
                          coefficients, row_begin, row_end);                             \
     return true;
     STMN_CASE(1)
@@ -266,13 +282,14 @@ struct MatchTransFunctor<CPUDevice, T> {
   ::tensorflow::Status operator()(const CPUDevice& device, CpuPath path, const Dims& dims,
                                   const T* features, const T* prev_features,
                                   const T* prev_memory,
-                                  typename Accumulator<T>::type* prev_norms, T* aligned,
+                                  typename Accumulator<T>::type* scratch, T* aligned,
                                   T* coefficients) {
     using A = typename Accumulator<T>::type;
     const int64_t C = dims.channels, D = dims.depth, K2 = dims.window();
-    device.parallelFor(dims.positions(), Eigen::TensorOpCost(C * sizeof(T), sizeof(A), 2.0 * C),
+    device.parallelFor(dims.positions(),
+                       Eigen::TensorOpCost((C + D) * sizeof(T), 2 * sizeof(A), 2.0 * (C + D)),
                        [&](Eigen::Index begin, Eigen::Index end) {
-                         NormsDispatch(dims, prev_features, prev_norms, begin, end);
+                         NormsDispatch(dims, prev_features, prev_memory, scratch, begin, end);
                        });
     const Eigen::TensorOpCost position_cost(sizeof(T) * (C * (K2 + 1) + D * K2),
                                             sizeof(T) * (D + K2),
@@ -283,7 +300,7 @@ struct MatchTransFunctor<CPUDevice, T> {
         device.parallelFor(dims.batch * dims.height, position_cost * dims.width,
                            [&](Eigen::Index begin, Eigen::Index end) {
                              ForwardRowsFloatDispatch(dims, features, prev_features,
-                                                      prev_memory, prev_norms, aligned,
+                                                      prev_memory, scratch, aligned,
                                                       coefficients, begin, end);
                            });
         return ::tensorflow::OkStatus();
@@ -292,7 +309,7 @@ struct MatchTransFunctor<CPUDevice, T> {
     device.parallelFor(dims.positions(), position_cost,
                        [&](Eigen::Index begin, Eigen::Index end) {
                          ForwardDispatch(dims, features, prev_features, prev_memory,
-                                         prev_norms, aligned, coefficients, begin, end);
+                                         scratch, aligned, coefficients, begin, end);
                        });
     return ::tensorflow::OkStatus();
   }
@@ -330,6 +347,13 @@ void ReadK(OpKernelConstruction* ctx, int* k) {
   OP_REQUIRES(ctx, *k >= 0, errors::InvalidArgument("MatchTrans: k must be >= 0, got ", *k));
 }
 
+void ReadAffinityPower(OpKernelConstruction* ctx, float* power) {
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("affinity_power", power));
+  OP_REQUIRES(ctx, std::isfinite(*power) && *power > 0.f,
+              errors::InvalidArgument(
+                  "MatchTrans: affinity_power must be a finite number > 0, got ", *power));
+}
+
 // STMN_MATCHTRANS_CPU_PATH, read when a CPU kernel is constructed: "auto" (the
 // default, unset or empty) and "fast" take the blocked float path where it exists,
 // "generic" forces the per-position path of match_trans.h for every dtype and k.
@@ -359,6 +383,7 @@ class MatchTransOp : public OpKernel {
  public:
   explicit MatchTransOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     ReadK(ctx, &k_);
+    ReadAffinityPower(ctx, &affinity_power_);
     if (std::is_same<Device, match_trans::CPUDevice>::value) ReadCpuPath(ctx, &path_);
   }
 
@@ -388,7 +413,7 @@ class MatchTransOp : public OpKernel {
                     prev_features.shape().DebugString()));
 
     match_trans::Dims dims{features.dim_size(0), features.dim_size(1), features.dim_size(2),
-                           features.dim_size(3), prev_memory.dim_size(3), k_};
+                           features.dim_size(3), prev_memory.dim_size(3), k_, affinity_power_};
     Tensor* aligned = nullptr;
     Tensor* coefficients = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, prev_memory.shape(), &aligned));
@@ -399,18 +424,19 @@ class MatchTransOp : public OpKernel {
     if (dims.positions() == 0) return;  // empty batch or map: empty results
 
     using A = typename match_trans::Accumulator<T>::type;
-    Tensor norms;
+    Tensor scratch;  // the previous features' norms, then the memory's finiteness flags
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DataTypeToEnum<A>::value,
-                                           TensorShape({dims.positions()}), &norms));
+                                           TensorShape({2 * dims.positions()}), &scratch));
     OP_REQUIRES_OK(ctx, match_trans::MatchTransFunctor<Device, T>()(
                             ctx->eigen_device<Device>(), path_, dims,
                             features.flat<T>().data(), prev_features.flat<T>().data(),
-                            prev_memory.flat<T>().data(), norms.flat<A>().data(),
+                            prev_memory.flat<T>().data(), scratch.flat<A>().data(),
                             aligned->flat<T>().data(), coefficients->flat<T>().data()));
   }
 
  private:
   int k_;
+  float affinity_power_;
   match_trans::CpuPath path_ = match_trans::CpuPath::kFast;
 };
 

@@ -55,10 +55,10 @@ struct MatchTransFunctor<GPUDevice, T> {
   ::tensorflow::Status operator()(const GPUDevice& device, CpuPath /*path*/, const Dims& dims,
                                   const T* features, const T* prev_features,
                                   const T* prev_memory,
-                                  typename Accumulator<T>::type* prev_norms, T* aligned,
+                                  typename Accumulator<T>::type* scratch, T* aligned,
                                   T* coefficients) {
     return ToStatus(cuda::Forward(dims, Raw(features), Raw(prev_features), Raw(prev_memory),
-                                  prev_norms, Raw(aligned), Raw(coefficients),
+                                  scratch, Raw(aligned), Raw(coefficients),
                                   device.stream()));
   }
 };

@@ -97,6 +97,7 @@ REGISTER_OP("Stmn>MatchTrans")
     .Output("aligned_memory: T")
     .Output("coefficients: T")
     .Attr("k: int = 2")
+    .Attr("affinity_power: float = 1.0")
     .Attr("T: {half, float, double}")
     .SetShapeFn(MatchTransShape)
     .Doc(R"doc(
@@ -106,9 +107,11 @@ features: [B, H, W, C] features of frame t.
 prev_features: [B, H, W, C] features of frame t-1.
 prev_memory: [B, H, W, D] memory after frame t-1.
 aligned_memory: [B, H, W, D] the memory warped by the coefficients.
-coefficients: [B, H, W, (2k+1)^2] ReLU'd cosine affinities normalised over the in-bounds
-  window; offset (dy, dx) at (dy+k)*(2k+1) + (dx+k).
+coefficients: [B, H, W, (2k+1)^2] ReLU'd cosine affinities raised to affinity_power,
+  normalised over the in-bounds window; offset (dy, dx) at (dy+k)*(2k+1) + (dx+k).
 k: the window radius.
+affinity_power: finite, > 0. 1 is the authors' formula; larger values sharpen the
+  window when every cosine is positive (non-negative features).
 )doc");
 
 REGISTER_OP("Stmn>MatchTransGrad")

@@ -10,6 +10,7 @@ import keras
 
 from stmn_tf.ops.match_trans_op import IMPLEMENTATIONS
 from stmn_tf.ops.match_trans_op import match_trans
+from stmn_tf.ops.match_trans_tf import check_affinity_power
 
 # The custom op has float16/32/64 kernels; other dtypes (bfloat16) are aligned in float32.
 _MATCH_TRANS_DTYPES = ("float16", "float32", "float64")
@@ -72,7 +73,8 @@ class GatedConvCell(keras.layers.Layer):
 
     # The constructor arguments, in order; the recurrent layers expose them too.
     ARGUMENTS = ("filters", "kernel_size", "k", "align", "input_scale", "implementation",
-                 "kernel_initializer", "recurrent_initializer", "bias_initializer")
+                 "kernel_initializer", "recurrent_initializer", "bias_initializer",
+                 "affinity_power")
 
     def __init__(
         self,
@@ -85,9 +87,11 @@ class GatedConvCell(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         recurrent_initializer="glorot_uniform",
         bias_initializer="zeros",
+        affinity_power=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        check_affinity_power(affinity_power)
         if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
             raise ValueError(f"filters must be a positive integer, got {filters!r}")
         if implementation not in IMPLEMENTATIONS:
@@ -103,6 +107,7 @@ class GatedConvCell(keras.layers.Layer):
         self.kernel_initializer = kernel_initializer
         self.recurrent_initializer = recurrent_initializer
         self.bias_initializer = bias_initializer
+        self.affinity_power = affinity_power
         # Like ConvLSTMCell: the state shapes depend on the input's spatial size, so
         # they are not given as integers (the recurrent layers build them from the
         # input; see `get_initial_state` for the plain `keras.layers.RNN` path).
@@ -174,7 +179,8 @@ class GatedConvCell(keras.layers.Layer):
                 keras.ops.cast(t, "float32") for t in (features, prev_features, memory)
             )
         aligned = match_trans(
-            features, prev_features, memory, k=self.k, implementation=self.implementation
+            features, prev_features, memory, k=self.k, implementation=self.implementation,
+            affinity_power=self.affinity_power,
         )
         return keras.ops.cast(aligned, dtype)
 

@@ -6,6 +6,7 @@ from stmn_tf.layers._gated_conv import project_inputs
 from stmn_tf.layers._gated_conv import serialized_arguments
 from stmn_tf.layers.conv_gru import ConvGRU
 from stmn_tf.layers.stmm import STMM
+from stmn_tf.ops.match_trans_tf import check_affinity_power
 
 CELLS = ("stmm", "convgru")
 
@@ -31,8 +32,9 @@ class BidirectionalSTMM(keras.layers.Layer):
             Defaults to `"stmm"`.
         kernel_size, k, align, std_multiplier (STMM only), input_scale,
             implementation, kernel_initializer, recurrent_initializer,
-            bias_initializer: those of `stmn_tf.layers.STMM`, with its defaults,
-            given to both directions (`implementation="tf"` for XLA).
+            bias_initializer, affinity_power: those of `stmn_tf.layers.STMM`, with
+            its defaults, given to both directions (`implementation="tf"` for XLA;
+            `affinity_power` > 1 sharpens MatchTrans, 1.0 is the authors').
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -54,12 +56,15 @@ class BidirectionalSTMM(keras.layers.Layer):
 
     # The arguments that the two direction layers take as they are.
     LAYER_ARGUMENTS = ("kernel_size", "k", "align", "input_scale", "implementation",
-                       "kernel_initializer", "recurrent_initializer", "bias_initializer")
+                       "kernel_initializer", "recurrent_initializer", "bias_initializer",
+                       "affinity_power")
 
     def __init__(self, filters, cell="stmm", kernel_size=3, k=2, align=True, std_multiplier=3.0,
                  input_scale=1.0, implementation="auto", kernel_initializer="glorot_uniform",
-                 recurrent_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+                 recurrent_initializer="glorot_uniform", bias_initializer="zeros",
+                 affinity_power=1.0, **kwargs):
         super().__init__(**kwargs)
+        check_affinity_power(affinity_power)
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
         self.filters = filters

@@ -3,6 +3,7 @@
 import keras
 
 from stmn_tf.ops.match_trans_op import match_trans
+from stmn_tf.ops.match_trans_tf import check_affinity_power
 
 
 @keras.saving.register_keras_serializable(package="stmn_tf")
@@ -17,11 +18,19 @@ class MatchTrans(keras.layers.Layer):
     `stmn_tf.ops.match_trans`). No gradient flows to the features through the
     coefficients, only to the memory. The layer has no weights.
 
+    With `affinity_power` p the affinities are `max(0, cos)^p` before the
+    normalisation (the identity fallback below 1e-7 applies to the powered sum).
+    Features after a ReLU are non-negative, so every cosine is positive and with
+    p = 1 the window's weights are nearly uniform: a box blur of the memory, not an
+    alignment. p > 1 keeps their order and puts the weight on the best matches.
+
     Args:
         k: int. Window radius; the window is `(2k+1) x (2k+1)`. Defaults to 2.
         implementation: str. `"custom_op"` (the compiled op), `"tf"` (standard
             TensorFlow ops, XLA-compilable) or `"auto"` (the op when its library
             loads, else `"tf"`). Defaults to `"auto"`.
+        affinity_power: float, finite, > 0. The power p above. Defaults to 1.0,
+            the authors' formula.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -44,10 +53,12 @@ class MatchTrans(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, k=2, implementation="auto", **kwargs):
+    def __init__(self, k=2, implementation="auto", affinity_power=1.0, **kwargs):
         super().__init__(**kwargs)
+        check_affinity_power(affinity_power)
         self.k = k
         self.implementation = implementation
+        self.affinity_power = affinity_power
 
     def call(self, inputs):
         features, prev_features, prev_memory = inputs
@@ -57,6 +68,7 @@ class MatchTrans(keras.layers.Layer):
             prev_memory,
             k=self.k,
             implementation=self.implementation,
+            affinity_power=self.affinity_power,
         )
 
     def compute_output_shape(self, input_shape):
@@ -64,5 +76,6 @@ class MatchTrans(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"k": self.k, "implementation": self.implementation})
+        config.update({"k": self.k, "implementation": self.implementation,
+                       "affinity_power": self.affinity_power})
         return config

@@ -20,7 +20,8 @@ class STMM(GatedConvRNN):
 
     Args:
         filters, kernel_size, k, align, std_multiplier, input_scale, implementation,
-            kernel_initializer, recurrent_initializer, bias_initializer: the cell's,
+            kernel_initializer, recurrent_initializer, bias_initializer,
+            affinity_power: the cell's,
             `stmn_tf.layers.STMMCell`, with its defaults.
         return_sequences: bool. Return the memory of every frame, else the last.
             Defaults to True.
@@ -57,8 +58,10 @@ class STMM(GatedConvRNN):
     def __init__(self, filters, kernel_size=3, k=2, align=True, std_multiplier=3.0,
                  input_scale=1.0, implementation="auto", kernel_initializer="glorot_uniform",
                  recurrent_initializer="glorot_uniform", bias_initializer="zeros",
-                 return_sequences=True, return_state=False, go_backwards=False, **kwargs):
+                 return_sequences=True, return_state=False, go_backwards=False,
+                 affinity_power=1.0, **kwargs):
         cell = STMMCell(filters, kernel_size, k, align, std_multiplier, input_scale,
                         implementation, kernel_initializer, recurrent_initializer,
-                        bias_initializer, dtype=kwargs.get("dtype"), name="stmm_cell")
+                        bias_initializer, affinity_power=affinity_power,
+                        dtype=kwargs.get("dtype"), name="stmm_cell")
         super().__init__(cell, return_sequences, return_state, go_backwards, **kwargs)

@@ -48,6 +48,11 @@ class STMMCell(GatedConvCell):
         recurrent_initializer: initializer of U, U_z, U_r. Defaults to
             `"glorot_uniform"`.
         bias_initializer: initializer of the W biases. Defaults to `"zeros"`.
+        affinity_power: float, finite, > 0. MatchTrans' coefficients become
+            `max(0, cos)^p / sum max(0, cos)^p` over the window. With non-negative
+            (ReLU'd) features every cosine is positive and p = 1 gives nearly
+            uniform weights, a blur of the memory; p > 1 concentrates them on the
+            best matches. Defaults to 1.0, the authors' formula.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -75,9 +80,11 @@ class STMMCell(GatedConvCell):
 
     def __init__(self, filters, kernel_size=3, k=2, align=True, std_multiplier=3.0,
                  input_scale=1.0, implementation="auto", kernel_initializer="glorot_uniform",
-                 recurrent_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+                 recurrent_initializer="glorot_uniform", bias_initializer="zeros",
+                 affinity_power=1.0, **kwargs):
         super().__init__(filters, kernel_size, k, align, input_scale, implementation,
-                         kernel_initializer, recurrent_initializer, bias_initializer, **kwargs)
+                         kernel_initializer, recurrent_initializer, bias_initializer,
+                         affinity_power=affinity_power, **kwargs)
         self.std_multiplier = std_multiplier
 
     def _gate(self, x):

@@ -1,5 +1,7 @@
 """Config -> model: plain functions and plain dicts, no registries."""
 
+import math
+
 from stmn_tf.models.backbone import resnet_backbone
 from stmn_tf.models.rfcn import RFCN
 from stmn_tf.models.stmn import STMN
@@ -83,6 +85,10 @@ def build_stmn(config):
     (`stmn_tf.variants.VARIANTS`, Table 2) unless `memory.cell` / `memory.align` say otherwise."""
     memory = config.memory
     variant = get_variant(memory.variant)
+    power = memory.affinity_power
+    if (isinstance(power, bool) or not isinstance(power, (int, float))
+            or not math.isfinite(power) or power <= 0):
+        raise ValueError(f"memory.affinity_power must be a finite number > 0, got {power!r}")
     return STMN(
         memory_filters=memory.filters,
         memory_cell=memory.cell if memory.cell is not None else variant.cell,
@@ -92,6 +98,7 @@ def build_stmn(config):
         memory_input_scale=memory.input_scale,
         memory_std_multiplier=memory.std_multiplier,
         match_trans_implementation=memory.implementation,
+        memory_affinity_power=memory.affinity_power,
         **detector_kwargs(config),
     )
 

@@ -90,6 +90,9 @@ class MemoryConfig(hyperparams.Config):
     input_scale: float = 1.0
     std_multiplier: float = 3.0
     implementation: str = "auto"  # MatchTrans: auto | custom_op | tf
+    # MatchTrans' coefficients max(0, cos)^p / sum: 1.0 is the authors' formula; > 1
+    # sharpens them where non-negative features make every cosine positive.
+    affinity_power: float = 1.0
 
 
 @dataclasses.dataclass

@@ -37,6 +37,8 @@ class STMN(TwoStageDetector):
       memory_input_scale: float. `s` of the STMM. Defaults to 1.0.
       memory_std_multiplier: float. K of BN*. Defaults to 3.0.
       match_trans_implementation: str. `"auto"`, `"custom_op"` or `"tf"`.
+      memory_affinity_power: float > 0. MatchTrans' affinity power
+        (`stmn_tf.layers.MatchTrans`). Defaults to 1.0, the authors' formula.
       **kwargs: the arguments of `RFCN` except `head_channels`.
 
     Call arguments:
@@ -63,6 +65,7 @@ class STMN(TwoStageDetector):
         memory_input_scale=1.0,
         memory_std_multiplier=3.0,
         match_trans_implementation="auto",
+        memory_affinity_power=1.0,
         **kwargs,
     ):
         if memory_direction not in DIRECTIONS:
@@ -75,6 +78,7 @@ class STMN(TwoStageDetector):
         self.memory_input_scale = memory_input_scale
         self.memory_std_multiplier = memory_std_multiplier
         self.match_trans_implementation = match_trans_implementation
+        self.memory_affinity_power = memory_affinity_power
         super().__init__(num_classes, **kwargs)
 
     def _build_head_features(self):
@@ -83,6 +87,7 @@ class STMN(TwoStageDetector):
             align=self.memory_align,
             input_scale=self.memory_input_scale,
             implementation=self.match_trans_implementation,
+            affinity_power=self.memory_affinity_power,
         )
         if self.memory_cell == "stmm":
             common["std_multiplier"] = self.memory_std_multiplier
@@ -170,5 +175,6 @@ class STMN(TwoStageDetector):
             memory_input_scale=self.memory_input_scale,
             memory_std_multiplier=self.memory_std_multiplier,
             match_trans_implementation=self.match_trans_implementation,
+            memory_affinity_power=self.memory_affinity_power,
         )
         return config

@@ -8,6 +8,21 @@ padded, with the memory kept as it is where the window's affinities sum below 1e
 Like the authors' code, no gradient flows into the features through the coefficients:
 only the memory is differentiated.
 
+`affinity_power` p is an option of ours, not the authors': the coefficients become
+
+    a(p, q) = max(0, cos(F_t(p), F_{t-1}(q)))^p,   c(p, q) = a(p, q) / sum_q a(p, q)
+
+(identity where that sum of powered affinities is below 1e-7). With non-negative
+(ReLU'd) features every cosine is positive and, for p = 1 (the authors' formula and
+the default), the window's coefficients come out nearly uniform: a box blur of the
+memory rather than an alignment. A power p > 1 keeps the order of the affinities and
+concentrates the weight on the best matches.
+
+Odd input, the same in both implementations: NaN or Inf in a position's window gives
+NaN in that position's output (the exact rule is in match_trans_tf's docstring); zero
+feature channels give the identity fallback; non-float or mismatched dtypes are
+refused with a TypeError naming the argument.
+
 Shapes (NHWC): features and prev_features `[B, H, W, C]`, prev_memory `[B, H, W, D]`,
 coefficients `[B, H, W, (2k+1)^2]` with offset `(dy, dx)` at `(dy+k)*(2k+1) + (dx+k)`.
 """
@@ -135,10 +150,12 @@ def _check_inputs(features, prev_features, prev_memory=None):
 
 
 def _convert(features, prev_features, prev_memory=None):
+    """Tensors of their own dtypes (no silent cast), checked as the op's kernels."""
     features = tf.convert_to_tensor(features)
-    prev_features = tf.convert_to_tensor(prev_features, dtype=features.dtype)
+    prev_features = tf.convert_to_tensor(prev_features)
     if prev_memory is not None:
-        prev_memory = tf.convert_to_tensor(prev_memory, dtype=features.dtype)
+        prev_memory = tf.convert_to_tensor(prev_memory)
+    match_trans_tf.check_dtypes(features, prev_features, prev_memory)
     return features, prev_features, prev_memory
 
 
@@ -146,10 +163,11 @@ def _convert(features, prev_features, prev_memory=None):
 # The compiled op.
 
 
-def _op_match_trans(features, prev_features, prev_memory, k):
+def _op_match_trans(features, prev_features, prev_memory, k, affinity_power):
     library = load_library()
     match_trans_self_check.ensure_checked()  # the op's first use on each GPU
-    aligned, _ = library.stmn_match_trans(features, prev_features, prev_memory, k=k)
+    aligned, _ = library.stmn_match_trans(features, prev_features, prev_memory, k=k,
+                                          affinity_power=affinity_power)
     return aligned
 
 
@@ -166,7 +184,8 @@ def _match_trans_grad(op, grad_aligned, grad_coefficients):
 # Public API.
 
 
-def match_trans(features, prev_features, prev_memory, k=2, implementation="auto"):
+def match_trans(features, prev_features, prev_memory, k=2, implementation="auto",
+                affinity_power=1.0):
     """Aligns `prev_memory` to `features` with MatchTrans.
 
     Args:
@@ -178,19 +197,28 @@ def match_trans(features, prev_features, prev_memory, k=2, implementation="auto"
         TensorFlow ops, XLA-compilable, used for portable SavedModels) or `"auto"`
         (the op when its library loads, else `"tf"` with a warning). Defaults to
         `"auto"`.
+      affinity_power: float, finite and > 0. The power of the ReLU'd cosines before
+        the normalisation (module docstring); 1.0, the default, is the authors'
+        formula. Held as float32, as the op's attr.
 
     Returns:
       The aligned memory, `[B, H, W, D]`, same dtype as the inputs.
+
+    Raises:
+      ValueError: bad k, affinity_power or shapes. TypeError: bad dtypes.
     """
     _check_k(k)
+    power = match_trans_tf.check_affinity_power(affinity_power)
     features, prev_features, prev_memory = _convert(features, prev_features, prev_memory)
     _check_inputs(features, prev_features, prev_memory)
     if _resolve(implementation) == "custom_op":
-        return _op_match_trans(features, prev_features, prev_memory, k)
-    return match_trans_tf.match_trans(features, prev_features, prev_memory, k)
+        return _op_match_trans(features, prev_features, prev_memory, k, power)
+    return match_trans_tf.match_trans(features, prev_features, prev_memory, k,
+                                      affinity_power=power)
 
 
-def match_trans_coefficients(features, prev_features, k=2, implementation="tf"):
+def match_trans_coefficients(features, prev_features, k=2, implementation="tf",
+                             affinity_power=1.0):
     """The normalised MatchTrans coefficients.
 
     Args:
@@ -198,21 +226,24 @@ def match_trans_coefficients(features, prev_features, k=2, implementation="tf"):
       prev_features: `[B, H, W, C]`.
       k: int. The window radius. Defaults to 2.
       implementation: as in `match_trans`. Defaults to `"tf"`.
+      affinity_power: as in `match_trans`. Defaults to 1.0.
 
     Returns:
       `[B, H, W, (2k+1)^2]`: for each position, the ReLU'd cosine affinities to the
-      in-bounds neighbours normalised to sum 1, offset `(dy, dx)` at index
-      `(dy+k)*(2k+1) + (dx+k)`, zero for out-of-bounds neighbours; a one-hot at the
-      centre where no neighbour has a positive affinity (the identity fallback).
+      in-bounds neighbours, raised to `affinity_power`, normalised to sum 1, offset
+      `(dy, dx)` at index `(dy+k)*(2k+1) + (dx+k)`, zero for out-of-bounds
+      neighbours; a one-hot at the centre where the powered affinities sum below 1e-7
+      (the identity fallback).
     """
     _check_k(k)
+    power = match_trans_tf.check_affinity_power(affinity_power)
     features, prev_features, _ = _convert(features, prev_features)
     _check_inputs(features, prev_features)
     if _resolve(implementation) == "custom_op":
         match_trans_self_check.ensure_checked()
         memory = tf.zeros(tf.concat([tf.shape(features)[:3], [0]], 0), features.dtype)
         _, coefficients = load_library().stmn_match_trans(
-            features, prev_features, memory, k=k
+            features, prev_features, memory, k=k, affinity_power=power
         )
         return tf.stop_gradient(coefficients)
-    return match_trans_tf.coefficients(features, prev_features, k)
+    return match_trans_tf.coefficients(features, prev_features, k, affinity_power=power)

@@ -2,9 +2,20 @@
 
 What portable SavedModels and machines without the compiled library run. The same
 semantics as the compiled op (the authors' implementation rather than the paper's
-Eq. 5): ReLU'd cosine affinities with 1e-8 added to each norm, neighbours outside the
-map skipped, normalisation by the in-bounds sum, the memory kept as it is where that
-sum is below 1e-7, and no gradient to the features.
+Eq. 5): ReLU'd cosine affinities with 1e-8 added to each norm, raised to
+`affinity_power` (1, the authors' formula, by default), neighbours outside the map
+skipped, normalisation by the in-bounds sum, the memory kept as it is where that sum
+(of the powered affinities) is below 1e-7, and no gradient to the features.
+
+Non-finite input, the rule of the compiled op (custom_ops/match_trans/match_trans.h):
+the coefficients of position p are NaN at its in-bounds offsets (0 outside the map)
+when the squared norm of `features(p)` or of any in-bounds `prev_features(q)` is not
+finite; the aligned memory of p is NaN in every channel when its coefficients are, or
+when any in-bounds `prev_memory(q)` holds a NaN or an Inf (whatever its coefficient).
+Elsewhere the output is the formula's: one bad cell changes only the positions whose
+window holds it. The banded products below would otherwise spread a NaN of the memory
+to the whole tile (0 * NaN), so non-finite memory is zeroed before them and the rule
+applied after.
 
 `match_trans` and `coefficients` compute the window as banded matrix products. The
 map's rows are laid end to end with the row length padded to `stride`, a multiple of
@@ -39,6 +50,51 @@ NORM_EPSILON = 1e-8  # added to each norm, as in the authors' code
 MIN_MASS = 1e-7  # below this the window has no positive affinity: identity
 
 DEFAULT_TILE = 8
+
+FLOAT_DTYPES = (tf.float16, tf.float32, tf.float64)
+
+
+def check_dtypes(features, prev_features, prev_memory=None):
+    """Refuses what the compiled op has no kernel for, with the same message.
+
+    Args:
+      features, prev_features, prev_memory: tensors (prev_memory may be None).
+
+    Raises:
+      TypeError: naming the argument, when `features` is not float16, float32 or
+        float64, or `prev_features` / `prev_memory` has another dtype than `features`.
+    """
+    if features.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            "MatchTrans: features must be float16, float32 or float64, got "
+            f"{features.dtype.name}"
+        )
+    for name, t in (("prev_features", prev_features), ("prev_memory", prev_memory)):
+        if t is not None and t.dtype != features.dtype:
+            raise TypeError(
+                f"MatchTrans: {name} must have the dtype of features "
+                f"({features.dtype.name}), got {t.dtype.name}"
+            )
+
+
+def check_affinity_power(affinity_power):
+    """The power as the compiled op's float attr holds it (float32), once checked.
+
+    Raises:
+      ValueError: when `affinity_power` is not a finite number > 0.
+    """
+    if isinstance(affinity_power, bool) or not isinstance(
+        affinity_power, (int, float, np.floating, np.integer)
+    ):
+        raise ValueError(
+            f"MatchTrans: affinity_power must be a finite number > 0, got {affinity_power!r}"
+        )
+    power = float(np.float32(affinity_power))
+    if not np.isfinite(power) or power <= 0.0:
+        raise ValueError(
+            f"MatchTrans: affinity_power must be a finite number > 0, got {affinity_power!r}"
+        )
+    return power
 
 
 def tile_width(k, tile=None):
@@ -153,6 +209,17 @@ class _Layout:
         offsets = tf.range(-self.k, self.k + 1)
         return tf.reshape(offsets[:, None] * self.stride + offsets[None, :], [1, -1])
 
+    def window_any(self, flags):
+        """`[positions]` bool: a flagged cell in the in-bounds window of each position.
+
+        `flags`: `[B, H, W]` bool, one per cell of the map.
+        """
+        values = tf.cast(flags, tf.float32)[..., None]
+        flat = self._padded_rows(values, self.k + 1)[:, 0]
+        margin = (self.k + 1) * self.stride
+        window = tf.gather(flat, tf.range(self.positions)[:, None] + margin + self.offsets())
+        return tf.reduce_any((window > 0) & self.in_bounds(), axis=-1)
+
     def in_bounds(self):
         """`[positions, (2k+1)^2]` bool: the neighbour at each offset is inside the map."""
         y = tf.range(self.height)[:, None, None]
@@ -172,10 +239,11 @@ class _Layout:
         return tf.reshape(x, [self.batch, self.height, self.width, depth])
 
 
-def _normalised(layout, features, prev_features):
+def _normalised(layout, features, prev_features, affinity_power):
     """The coefficients on the grid, `[positions, (2k+1)^2]`, in the compute dtype.
 
-    `features`, `prev_features`: `[B, H, W, C]` in the compute dtype.
+    `features`, `prev_features`: `[B, H, W, C]` in the compute dtype. NaN at the
+    in-bounds offsets of positions whose window has a non-finite feature norm.
     """
     read, _ = layout.tables
     tile, side = layout.tile, layout.side
@@ -196,12 +264,20 @@ def _normalised(layout, features, prev_features):
     neighbour_norm = tf.gather(
         prev_norm, tf.range(layout.positions)[:, None] + margin + layout.offsets())
     cosine = dots / (norm[:, None] * neighbour_norm)
-    a = tf.where(layout.in_bounds(), tf.nn.relu(cosine), tf.zeros_like(cosine))
+    in_bounds = layout.in_bounds()
+    a = tf.where(in_bounds, tf.nn.relu(cosine), tf.zeros_like(cosine))
+    if affinity_power != 1.0:  # 1: the authors' numbers, no pow
+        a = tf.pow(a, tf.cast(affinity_power, a.dtype))
     mass = tf.reduce_sum(a, axis=-1, keepdims=True)
     centre = layout.k * side + layout.k
     identity = tf.one_hot(centre, side * side, dtype=a.dtype)
     use_identity = mass < MIN_MASS
-    return tf.where(use_identity, identity, a / tf.where(use_identity, tf.ones_like(mass), mass))
+    c = tf.where(use_identity, identity, a / tf.where(use_identity, tf.ones_like(mass), mass))
+    # The non-finite rule (module docstring): a NaN or Inf norm in the window.
+    bad = ~tf.math.is_finite(norm) | tf.reduce_any(
+        ~tf.math.is_finite(neighbour_norm) & in_bounds, axis=-1)
+    poisoned = tf.where(in_bounds, tf.constant(np.nan, c.dtype), tf.zeros_like(c))
+    return tf.where(bad[:, None], poisoned, c)
 
 
 def _banded_sum(layout, coefficients, values):
@@ -238,7 +314,13 @@ def _banded_align(layout, coefficients, memory):
 
     @tf.custom_gradient
     def align(memory):
-        out = layout.ungrid(_banded_sum(layout, coefficients, memory))
+        # Non-finite memory zeroed for the products (which would spread it over the
+        # tile), then NaN at the positions whose window holds it.
+        finite = tf.math.is_finite(memory)
+        bad = layout.window_any(~tf.reduce_all(finite, axis=-1))  # [positions]
+        clean = tf.where(finite, memory, tf.zeros_like(memory))
+        out = _banded_sum(layout, coefficients, clean)
+        out = layout.ungrid(tf.where(bad[:, None], tf.constant(np.nan, out.dtype), out))
 
         def grad(upstream):
             # d out(p) / d memory(q) = c(p, q - p): the band transposed.
@@ -250,7 +332,16 @@ def _banded_align(layout, coefficients, memory):
     return align(memory)
 
 
-def coefficients(features, prev_features, k, tile=None):
+def _with_channels(features, prev_features):
+    """Zero-channel features as one zero channel: the same norms (1e-8), dots (0)
+    and so the identity fallback, without reshapes of empty tensors."""
+    if features.shape[-1] == 0:
+        pad = [[0, 0], [0, 0], [0, 0], [0, 1]]
+        return tf.pad(features, pad), tf.pad(prev_features, pad)
+    return features, prev_features
+
+
+def coefficients(features, prev_features, k, tile=None, affinity_power=1.0):
     """The normalised coefficients `[B, H, W, (2k+1)^2]`, in the inputs' dtype.
 
     Args:
@@ -258,22 +349,26 @@ def coefficients(features, prev_features, k, tile=None):
       prev_features: `[B, H, W, C]`, frame t-1, same dtype.
       k: int >= 0. The window radius.
       tile: int or None. Positions per tile (see `tile_width`).
+      affinity_power: float > 0. The power of the ReLU'd cosines before the
+        normalisation; 1 is the authors' formula. Defaults to 1.0.
 
     Returns:
       `[B, H, W, (2k+1)^2]`, offset `(dy, dx)` at `(dy+k)*(2k+1) + (dx+k)`, zero for
       out-of-map neighbours, a one-hot at the centre where the window's mass is below
-      1e-7. No gradient.
+      1e-7, NaN by the non-finite rule (module docstring). No gradient.
     """
+    check_dtypes(features, prev_features)
+    power = check_affinity_power(affinity_power)
     compute = _compute_dtype(features.dtype)
     shape = tf.shape(features)
     layout = _Layout(shape, k, tile_width(k, tile))
     f = tf.cast(tf.stop_gradient(features), compute)
     fp = tf.cast(tf.stop_gradient(prev_features), compute)
-    c = layout.ungrid(_normalised(layout, f, fp))
+    c = layout.ungrid(_normalised(layout, *_with_channels(f, fp), power))
     return tf.cast(tf.stop_gradient(c), features.dtype)
 
 
-def match_trans(features, prev_features, prev_memory, k, tile=None):
+def match_trans(features, prev_features, prev_memory, k, tile=None, affinity_power=1.0):
     """`prev_memory` aligned to `features`: `[B, H, W, D]`, in the inputs' dtype.
 
     Args:
@@ -282,16 +377,20 @@ def match_trans(features, prev_features, prev_memory, k, tile=None):
       prev_memory: `[B, H, W, D]`, same dtype; the only input with a gradient.
       k: int >= 0. The window radius.
       tile: int or None. Positions per tile (see `tile_width`).
+      affinity_power: float > 0. As in `coefficients`. Defaults to 1.0.
 
     Returns:
-      `sum_o c(p, o) * prev_memory(p + o)` over the in-map window, `[B, H, W, D]`.
+      `sum_o c(p, o) * prev_memory(p + o)` over the in-map window, `[B, H, W, D]`;
+      NaN by the non-finite rule (module docstring).
     """
+    check_dtypes(features, prev_features, prev_memory)
+    power = check_affinity_power(affinity_power)
     compute = _compute_dtype(features.dtype)
     shape = tf.shape(prev_memory)
     layout = _Layout(shape, k, tile_width(k, tile))
     f = tf.cast(tf.stop_gradient(features), compute)
     fp = tf.cast(tf.stop_gradient(prev_features), compute)
-    c = tf.stop_gradient(_normalised(layout, f, fp))
+    c = tf.stop_gradient(_normalised(layout, *_with_channels(f, fp), power))
     out = _banded_align(layout, c, tf.cast(prev_memory, compute))
     return tf.cast(out, prev_memory.dtype)
 
@@ -300,8 +399,10 @@ def match_trans(features, prev_features, prev_memory, k, tile=None):
 # The previous formulation, kept for one release as a reference.
 
 
-def coefficients_shifted(features, prev_features, k):
-    """As `coefficients`, with 25 shifted elementwise products over the padded map."""
+def coefficients_shifted(features, prev_features, k, affinity_power=1.0):
+    """As `coefficients` (finite inputs), with 25 shifted elementwise products over
+    the padded map."""
+    power = check_affinity_power(affinity_power)
     compute_dtype = _compute_dtype(features.dtype)
     f = tf.cast(features, compute_dtype)
     fp = tf.cast(prev_features, compute_dtype)
@@ -319,6 +420,8 @@ def coefficients_shifted(features, prev_features, k):
             affinities.append(tf.reduce_sum(f * neighbour, axis=-1))
             masks.append(inside[:, dy: dy + h, dx: dx + w, 0])
     a = tf.nn.relu(tf.stack(affinities, axis=-1)) * tf.stack(masks, axis=-1)
+    if power != 1.0:
+        a = tf.pow(a, tf.cast(power, a.dtype))
     mass = tf.reduce_sum(a, axis=-1, keepdims=True)
     identity = tf.one_hot((2 * k + 1) * k + k, (2 * k + 1) ** 2, dtype=compute_dtype)
     use_identity = mass < MIN_MASS
@@ -326,9 +429,10 @@ def coefficients_shifted(features, prev_features, k):
     return tf.stop_gradient(tf.cast(c, features.dtype))
 
 
-def match_trans_shifted(features, prev_features, prev_memory, k):
-    """As `match_trans`, with 25 shifted elementwise products over the padded map."""
-    c = coefficients_shifted(features, prev_features, k)
+def match_trans_shifted(features, prev_features, prev_memory, k, affinity_power=1.0):
+    """As `match_trans` (finite inputs), with 25 shifted elementwise products over
+    the padded map."""
+    c = coefficients_shifted(features, prev_features, k, affinity_power)
     compute_dtype = _compute_dtype(prev_memory.dtype)
     m = tf.cast(prev_memory, compute_dtype)
     c = tf.cast(c, compute_dtype)

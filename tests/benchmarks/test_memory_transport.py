@@ -131,22 +131,41 @@ def _numpy_coefficients(f, fp, k, affinity, power):
     return out
 
 
-@pytest.mark.parametrize("affinity", ["power", "centred"])
-def test_sharpened_coefficients_match_numpy(affinity, rng):
+def test_centred_coefficients_match_numpy(rng):
     features = np.maximum(rng.normal(size=(1, 4, 5, 6)), 0)
     prev = np.maximum(rng.normal(size=(1, 4, 5, 6)), 0)
-    got = mt.sharpened_coefficients(features, prev, k=1, affinity=affinity, power=3.0).numpy()
-    expected = _numpy_coefficients(features, prev, 1, affinity, 3.0)
+    got = mt.sharpened_coefficients(features, prev, k=1, affinity="centred").numpy()
+    expected = _numpy_coefficients(features, prev, 1, "centred", 1.0)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="affinity must be"):
-        mt.sharpened_coefficients(features, prev, affinity="softmax")
+        mt.sharpened_coefficients(features, prev, affinity="power")
 
 
-def test_sharpened_layer_with_the_authors_affinity_is_bidirectional_stmm(rng):
+def test_power_statistics_read_the_layers_affinity_power(rng):
+    # The "power" row of the peakedness table is the op's affinity_power, as used by
+    # the stmn_sharpened variant: the same coefficients as the NumPy reference.
+    features = np.maximum(rng.normal(size=(1, 2, 5, 5, 6)), 0).astype("float32")
+    clips = {"features": features, "cells": np.array([[[[2, 2], [2, 3]]]])}
+    expected = _numpy_coefficients(features[:, 1], features[:, 0], 2, "power", 3.0)[0, 2, 3]
+    stats = mt.coefficient_stats(clips, k=2, affinity="power", power=3.0)
+    assert stats["max_weight"] == pytest.approx(expected.max(), rel=1e-5)
+    # The object came from (2, 2): offset (dy, dx) = (0, -1), index (0+2)*5 + (-1+2).
+    assert stats["true_weight"] == pytest.approx(expected[2 * 5 + 1], rel=1e-5)
+
+
+def test_stmn_sharpened_is_bidirectional_stmm_with_the_power():
+    spec = mt.ClipSpec(size=8, frames=3)
+    layer = mt.build_model("stmn_sharpened", spec, 4, affinity_power=2.5).get_layer("memory")
+    assert isinstance(layer, BidirectionalSTMM)
+    assert layer.align and layer.cell == "stmm" and layer.affinity_power == 2.5
+    assert mt.build_model("stmn", spec, 4).get_layer("memory").affinity_power == 1.0
+
+
+def test_prototype_with_the_authors_affinity_is_bidirectional_stmm(rng):
     clip = np.maximum(rng.normal(size=(2, 4, 6, 6, 5)), 0).astype("float32")
     reference = BidirectionalSTMM(3, k=2, implementation="tf")
     reference.build(clip.shape)
-    prototype = mt.SharpenedBidirectionalSTMM(3, affinity="authors", k=2)
+    prototype = mt.CentredBidirectionalSTMM(3, affinity="authors", k=2)
     prototype.build(clip.shape)
     for ours, theirs in ((prototype.forward_cell, reference.forward_layer.cell),
                          (prototype.backward_cell, reference.backward_layer.cell)):

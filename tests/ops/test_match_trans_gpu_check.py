@@ -3,6 +3,7 @@ host reference (the CPU generic path compiled by nvcc) against NumPy, its no-GPU
 its report format, and the PyTorch peer where PyTorch imports."""
 
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
@@ -50,19 +51,19 @@ def test_without_nvcc_prints_one_line_and_exits_0(monkeypatch, capsys):
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_host_reference_matches_numpy(library, dtype):
     tol = {np.float16: 2e-2, np.float32: 1e-5, np.float64: 1e-12}[dtype]
-    for k in range(4):
-        for case in gpu_check.AGREEMENT_CASES:
-            f, fp, m, up = gpu_check.make_inputs(np, case, np.dtype(dtype), seed=k)
-            aligned, coef, grad = library.reference(f, fp, m, up, k)
-            ref_aligned, ref_coef = numpy_match_trans(f, fp, m, k)
-            ref_grad = numpy_memory_gradient(coef.astype(np.float64), up, k)
-            msg = f"{case[0]} k={k} {np.dtype(dtype).name}"
-            np.testing.assert_allclose(coef, ref_coef, rtol=tol, atol=tol, err_msg=msg)
-            np.testing.assert_allclose(aligned, ref_aligned, rtol=tol, atol=tol, err_msg=msg)
-            np.testing.assert_allclose(grad, ref_grad, rtol=tol, atol=tol, err_msg=msg)
-            if case[0] == "zeros":  # a zero feature vector keeps its memory
-                side = 2 * k + 1
-                np.testing.assert_array_equal(coef[0, 1, 2], np.eye(side * side)[k * side + k])
+    for k, power, case in itertools.product(range(4), gpu_check.POWERS,
+                                            gpu_check.AGREEMENT_CASES):
+        f, fp, m, up = gpu_check.make_inputs(np, case, np.dtype(dtype), seed=k)
+        aligned, coef, grad = library.reference(f, fp, m, up, k, power)
+        ref_aligned, ref_coef = numpy_match_trans(f, fp, m, k, power)
+        ref_grad = numpy_memory_gradient(coef.astype(np.float64), up, k)
+        msg = f"{case[0]} k={k} power={power} {np.dtype(dtype).name}"
+        np.testing.assert_allclose(coef, ref_coef, rtol=tol, atol=tol, err_msg=msg)
+        np.testing.assert_allclose(aligned, ref_aligned, rtol=tol, atol=tol, err_msg=msg)
+        np.testing.assert_allclose(grad, ref_grad, rtol=tol, atol=tol, err_msg=msg)
+        if case[0] == "zeros":  # a zero feature vector keeps its memory
+            side = 2 * k + 1
+            np.testing.assert_array_equal(coef[0, 1, 2], np.eye(side * side)[k * side + k])
 
 
 @pytest.mark.slow
@@ -81,7 +82,7 @@ def test_without_a_device_prints_one_line_and_exits_0(library):
 
 
 def fake_result():
-    agreement = [{"dtype": "float32", "k": 2, "case": "zeros", "shape": [2, 7, 9, 70, 40],
+    agreement = [{"dtype": "float32", "k": 2, "power": 4.0, "case": "zeros", "shape": [2, 7, 9, 70, 40],
                   "aligned": 3e-7, "coefficients": 1e-7, "memory_gradient": 2e-7, "ok": True},
                  {"dtype": "float16", "k": 0, "case": "single", "shape": [1, 1, 1, 33, 5],
                   "aligned": 0.5, "coefficients": 0.0, "memory_gradient": 0.0, "ok": False}]
@@ -107,8 +108,10 @@ def test_summary_and_report_format():
     text = gpu_check.format_report(result)
     lines = text.splitlines()
     assert lines[0].startswith("gpu-check: MatchTrans CUDA kernels on Fake GPU")
-    assert "| float32 | 2 | zeros (2, 7, 9, 70, 40) | 3.00e-07 | 1.00e-07 | 2.00e-07 | yes |" in lines
-    assert "| float16 | 0 | single (1, 1, 1, 33, 5) | 5.00e-01 | 0.00e+00 | 0.00e+00 | NO |" in lines
+    assert ("| float32 | 2 | 4 | zeros (2, 7, 9, 70, 40) | 3.00e-07 | 1.00e-07 | 2.00e-07 | yes |"
+            in lines)
+    assert ("| float16 | 0 | 1 | single (1, 1, 1, 33, 5) | 5.00e-01 | 0.00e+00 | 0.00e+00 | NO |"
+            in lines)
     assert "| 22x38 | pytorch unfold | float32 | 0.0400 | 0.2000 |" in lines
     assert json.loads(lines[-1]) == result
 
@@ -131,17 +134,18 @@ def test_make_target_needs_no_tensorflow():
     assert "pip" not in out.stdout and "build_ops" not in out.stdout
 
 
+@pytest.mark.parametrize("power", [1.0, 4.0])
 @pytest.mark.parametrize("k", [0, 1, 2])
-def test_torch_peer_matches_numpy(k):
+def test_torch_peer_matches_numpy(k, power):
     torch = pytest.importorskip("torch")
     peer = load("torch_peer")
     f, fp, m, _ = gpu_check.make_inputs(np, gpu_check.AGREEMENT_CASES[0], np.float64, seed=k)
-    ref_aligned, ref_coef = numpy_match_trans(f, fp, m, k)
+    ref_aligned, ref_coef = numpy_match_trans(f, fp, m, k, power)
     tf_, tfp, tm = (torch.from_numpy(x) for x in (f, fp, m))
     for name, fn in peer.FORMULATIONS.items():
-        np.testing.assert_allclose(fn(tf_, tfp, tm, k).numpy(), ref_aligned, rtol=1e-10,
+        np.testing.assert_allclose(fn(tf_, tfp, tm, k, power).numpy(), ref_aligned, rtol=1e-10,
                                    atol=1e-10, err_msg=name)
-    np.testing.assert_allclose(peer.coefficients_unfold(tf_, tfp, k).numpy(), ref_coef,
+    np.testing.assert_allclose(peer.coefficients_unfold(tf_, tfp, k, power).numpy(), ref_coef,
                                atol=1e-12)
-    np.testing.assert_allclose(peer.coefficients_shifted(tf_, tfp, k).numpy(), ref_coef,
+    np.testing.assert_allclose(peer.coefficients_shifted(tf_, tfp, k, power).numpy(), ref_coef,
                                atol=1e-12)

@@ -2,10 +2,12 @@
 // and the generic CPU path of ../match_trans.h compiled for the host, for
 // gpu_check.py (ctypes). Built by nvcc alone: no TensorFlow anywhere.
 //
-// dtype: 0 float16 (__half), 1 float32, 2 float64. dims: {B, H, W, C, D, k}.
+// dtype: 0 float16 (__half), 1 float32, 2 float64. dims: {B, H, W, C, D, k}; power: the
+// affinity power (1: the authors' formula).
 // Shapes (NHWC): features, prev_features [B, H, W, C]; prev_memory, aligned,
 // grad_aligned, grad_prev_memory [B, H, W, D]; coefficients [B, H, W, (2k+1)^2];
-// norms: B*H*W accumulators (float, or double for float64).
+// norms: 2 * B*H*W accumulators (float, or double for float64): the scratch of the
+// forward (the previous features' norms, then the memory's finiteness flags).
 // Functions returning int return a cudaError_t (0: success).
 
 #include <algorithm>
@@ -21,8 +23,9 @@ namespace {
 
 thread_local const char* last_kernel = "";
 
-mt::Dims ToDims(const int64_t* d) {
-  return mt::Dims{d[0], d[1], d[2], d[3], d[4], static_cast<int>(d[5])};
+mt::Dims ToDims(const int64_t* d, double power = 1.0) {
+  return mt::Dims{d[0], d[1], d[2], d[3], d[4], static_cast<int>(d[5]),
+                  static_cast<float>(power)};
 }
 
 int Record(const mt::cuda::LaunchStatus& s) {
@@ -87,9 +90,9 @@ int stmn_mt_to_host(void* dst, const void* src, size_t bytes) {
 }
 int stmn_mt_synchronize() { return static_cast<int>(cudaDeviceSynchronize()); }
 
-int stmn_mt_forward(int dtype, const int64_t* dims, const void* f, const void* fp,
-                    const void* m, void* norms, void* aligned, void* coef) {
-  const mt::Dims d = ToDims(dims);
+int stmn_mt_forward(int dtype, const int64_t* dims, double power, const void* f,
+                    const void* fp, const void* m, void* norms, void* aligned, void* coef) {
+  const mt::Dims d = ToDims(dims, power);
   switch (dtype) {
     case 0: return ForwardT<__half>(d, f, fp, m, norms, aligned, coef, 0);
     case 1: return ForwardT<float>(d, f, fp, m, norms, aligned, coef, 0);
@@ -110,9 +113,10 @@ int stmn_mt_backward(int dtype, const int64_t* dims, const void* coef, const voi
 }
 
 // The CPU's generic path on host memory (the reference of the kernels).
-int stmn_mt_reference_forward(int dtype, const int64_t* dims, const void* f, const void* fp,
-                              const void* m, void* norms, void* aligned, void* coef) {
-  const mt::Dims d = ToDims(dims);
+int stmn_mt_reference_forward(int dtype, const int64_t* dims, double power, const void* f,
+                              const void* fp, const void* m, void* norms, void* aligned,
+                              void* coef) {
+  const mt::Dims d = ToDims(dims, power);
 #define STMN_CASE(code, T)                                                            \
   case code:                                                                          \
     mt::ReferenceForward<T>(d, static_cast<const T*>(f), static_cast<const T*>(fp),   \
@@ -160,7 +164,7 @@ int stmn_mt_time(int dtype, const int64_t* dims, const void* f, const void* fp, 
   int status = 0;
   for (int i = 0; i < repeats + 3 && status == 0; ++i) {
     cudaEventRecord(start, 0);
-    status = stmn_mt_forward(dtype, dims, f, fp, m, norms, aligned, coef);
+    status = stmn_mt_forward(dtype, dims, 1.0, f, fp, m, norms, aligned, coef);
     if (status == 0 && backward) status = stmn_mt_backward(dtype, dims, coef, grad, out);
     cudaEventRecord(stop, 0);
     if (status == 0) status = static_cast<int>(cudaEventSynchronize(stop));

@@ -5,8 +5,10 @@ Builds, with nvcc alone, a small library over the TensorFlow-free kernels
 host), then on the first CUDA device:
 
 1. agreement of the aligned memory, the coefficients and the memory gradient with
-   the generic CPU path: float16/32/64, k = 0..3, maps with zero feature vectors,
-   maps smaller than the window, a single position, C not a multiple of 32;
+   the generic CPU path: float16/32/64, k = 0..3, affinity powers 1 (the authors')
+   and 4, maps with zero feature vectors, maps smaller than the window, a single
+   position, C not a multiple of 32, NaN and Inf inputs (the NaNs must sit at the
+   same places);
 2. time per frame of the forward and of forward + backward for 11 frames of 22x38
    (the paper's 337x600 frame at stride 16) and of 38x63, C = 1024, D = 512, k = 2,
    with CUDA events, next to the paper's 2.9 ms (Titan X);
@@ -49,9 +51,12 @@ FRAMES, CHANNELS, DEPTH, K = 11, 1024, 512, 2
 TIMING_MAPS = [(22, 38), (38, 63)]
 PAPER_MS_PER_FRAME = 2.9  # Titan X, 337x600 frame (paper Sec. 3.3)
 TARGET_MS_PER_FRAME = 0.1  # the op's forward at 22x38 on an H200
-# (name, B, H, W, C, D): zero vectors in "zeros"; C = 70 and 33 are not multiples of 32.
+# (name, B, H, W, C, D): zero vectors in "zeros"; C = 70 and 33 are not multiples of 32;
+# NaN and Inf in the features and the memory in "nonfinite".
 AGREEMENT_CASES = [("zeros", 2, 7, 9, 70, 40), ("smaller", 1, 2, 3, 33, 8),
-                   ("single", 1, 1, 1, 33, 5), ("wide", 1, 3, 40, 64, 72)]
+                   ("single", 1, 1, 1, 33, 5), ("wide", 1, 3, 40, 64, 72),
+                   ("nonfinite", 2, 6, 8, 40, 36)]
+POWERS = (1.0, 4.0)  # the affinity power: the authors' formula, and a sharpened one
 
 
 class CheckError(RuntimeError):
@@ -102,9 +107,9 @@ class Library:
         lib.stmn_mt_free.argtypes = [p]
         lib.stmn_mt_to_device.argtypes = [p, p, ctypes.c_size_t]
         lib.stmn_mt_to_host.argtypes = [p, p, ctypes.c_size_t]
-        lib.stmn_mt_forward.argtypes = [ctypes.c_int, i64p] + [p] * 6
+        lib.stmn_mt_forward.argtypes = [ctypes.c_int, i64p, ctypes.c_double] + [p] * 6
         lib.stmn_mt_backward.argtypes = [ctypes.c_int, i64p] + [p] * 3
-        lib.stmn_mt_reference_forward.argtypes = [ctypes.c_int, i64p] + [p] * 6
+        lib.stmn_mt_reference_forward.argtypes = [ctypes.c_int, i64p, ctypes.c_double] + [p] * 6
         lib.stmn_mt_reference_backward.argtypes = [ctypes.c_int, i64p] + [p] * 3
         lib.stmn_mt_time.argtypes = ([ctypes.c_int, i64p] + [p] * 8
                                      + [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_float)])
@@ -155,27 +160,27 @@ class Library:
         b, h, w, c = shape_fp
         return (ctypes.c_int64 * 6)(b, h, w, c, depth, k)
 
-    def reference(self, f, fp, m, upstream, k):
+    def reference(self, f, fp, m, upstream, k, power=1.0):
         """The generic CPU path: (aligned, coefficients, memory gradient)."""
         np = self.np
         dtype = f.dtype
         code = DTYPES[dtype.name]
         dims = self.dims(f.shape, m.shape[-1], k)
         b, h, w, _ = f.shape
-        norms = np.zeros(b * h * w, np.float64 if dtype == np.float64 else np.float32)
+        norms = np.zeros(2 * b * h * w, np.float64 if dtype == np.float64 else np.float32)
         aligned = np.zeros(m.shape, dtype)
         coef = np.zeros((b, h, w, (2 * k + 1) ** 2), dtype)
         grad = np.zeros(m.shape, dtype)
         f, fp, m, upstream = (np.ascontiguousarray(x) for x in (f, fp, m, upstream))
         self.check(self.lib.stmn_mt_reference_forward(
-            code, dims, f.ctypes.data, fp.ctypes.data, m.ctypes.data, norms.ctypes.data,
+            code, dims, power, f.ctypes.data, fp.ctypes.data, m.ctypes.data, norms.ctypes.data,
             aligned.ctypes.data, coef.ctypes.data), "reference forward")
         self.check(self.lib.stmn_mt_reference_backward(
             code, dims, coef.ctypes.data, upstream.ctypes.data, grad.ctypes.data),
             "reference backward")
         return aligned, coef, grad
 
-    def gpu(self, f, fp, m, upstream, k):
+    def gpu(self, f, fp, m, upstream, k, power=1.0):
         """The CUDA kernels: (aligned, coefficients, memory gradient)."""
         np = self.np
         dtype = f.dtype
@@ -187,11 +192,11 @@ class Library:
         try:
             df, dfp, dm, dup = (self.to_device(np.ascontiguousarray(x))
                                 for x in (f, fp, m, upstream))
-            dnorms = self.empty_device(b * h * w, norm_dtype)
+            dnorms = self.empty_device(2 * b * h * w, norm_dtype)
             daligned, dcoef = self.empty_device(m.shape, dtype), self.empty_device(coef_shape, dtype)
             dgrad = self.empty_device(m.shape, dtype)
-            self.check(self.lib.stmn_mt_forward(code, dims, df, dfp, dm, dnorms, daligned, dcoef),
-                       "forward")
+            self.check(self.lib.stmn_mt_forward(code, dims, power, df, dfp, dm, dnorms, daligned,
+                                                dcoef), "forward")
             self.check(self.lib.stmn_mt_backward(code, dims, dcoef, dup, dgrad), "backward")
             self.check(self.lib.stmn_mt_synchronize(), "kernels")
             return (self.to_host(daligned, m.shape, dtype), self.to_host(dcoef, coef_shape, dtype),
@@ -212,18 +217,27 @@ def make_inputs(np, case, dtype, seed=0):
         f[1, 6, :] = 0.0  # a zero row at the map's edge
         fp[1, 3, 4] = 0.0  # a zero neighbour
     m = rng.normal(size=(b, h, w, d))
+    if name == "nonfinite":  # NaN in their windows' outputs, whatever the coefficients
+        f[0, 2, 3, 5] = np.nan
+        fp[1, 0, 7, 1] = np.inf
+        m[0, 5, 0, 3] = np.nan
+        m[1, 3, 3, 0] = -np.inf
     upstream = rng.normal(size=(b, h, w, d))
     return [x.astype(dtype) for x in (f, fp, m, upstream)]
 
 
 def difference(np, got, want):
-    """max |got - want| / (1 + |want|), in float64; inf for non-finite values."""
+    """max |got - want| / (1 + |want|), in float64, over the entries that are NaN in
+    neither; inf where only one of them is NaN or `got` holds an Inf."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     if got.size == 0:
         return 0.0
-    if not np.all(np.isfinite(got)):
+    if np.any(np.isnan(got) != np.isnan(want)) or np.any(np.isinf(got)):
         return float("inf")
-    return float(np.max(np.abs(got - want) / (1.0 + np.abs(want))))
+    both = ~np.isnan(got)
+    if not np.any(both):
+        return 0.0
+    return float(np.max(np.abs(got[both] - want[both]) / (1.0 + np.abs(want[both]))))
 
 
 def run_agreement(library):
@@ -231,15 +245,17 @@ def run_agreement(library):
     rows = []
     for dtype_name in DTYPES:
         for k in range(4):
-            for case in AGREEMENT_CASES:
-                inputs = make_inputs(np, case, np.dtype(dtype_name), seed=k)
-                ref = library.reference(*inputs, k)
-                got = library.gpu(*inputs, k)
-                diffs = [difference(np, g, r) for g, r in zip(got, ref)]
-                rows.append({"dtype": dtype_name, "k": k, "case": case[0],
-                             "shape": list(case[1:]), "aligned": diffs[0],
-                             "coefficients": diffs[1], "memory_gradient": diffs[2],
-                             "ok": all(x <= TOLERANCES[dtype_name] for x in diffs)})
+            for power in POWERS:
+                for case in AGREEMENT_CASES:
+                    inputs = make_inputs(np, case, np.dtype(dtype_name), seed=k)
+                    ref = library.reference(*inputs, k, power)
+                    got = library.gpu(*inputs, k, power)
+                    diffs = [difference(np, g, r) for g, r in zip(got, ref)]
+                    rows.append({"dtype": dtype_name, "k": k, "power": power,
+                                 "case": case[0], "shape": list(case[1:]),
+                                 "aligned": diffs[0], "coefficients": diffs[1],
+                                 "memory_gradient": diffs[2],
+                                 "ok": all(x <= TOLERANCES[dtype_name] for x in diffs)})
     return rows
 
 
@@ -263,7 +279,7 @@ def run_timing(library, repeats):
             dims = library.dims(f.shape, DEPTH, K)
             try:
                 df, dfp, dm, dup = (library.to_device(x) for x in (f, fp, m, upstream))
-                dnorms = library.empty_device(FRAMES * h * w, np.float32)
+                dnorms = library.empty_device(2 * FRAMES * h * w, np.float32)
                 daligned, dgrad = (library.empty_device(m.shape, dtype) for _ in range(2))
                 dcoef = library.empty_device((FRAMES, h, w, (2 * K + 1) ** 2), dtype)
                 ms = []
@@ -301,13 +317,16 @@ def run_peer(library, repeats, compile_peer):
             formulations["shifted, torch.compile"] = compiled
         except Exception as e:  # noqa: BLE001 - any failure to compile is reported
             info["compile_error"] = f"{type(e).__name__}: {e}"[:300]
-    # Agreement with the kernels on a small float32 case.
+    # Agreement with the kernels on a small float32 case, at each affinity power.
     f, fp, m, up = make_inputs(np, AGREEMENT_CASES[0], np.float32)
-    want = library.gpu(f, fp, m, up, K)[0]
+    wants = {power: library.gpu(f, fp, m, up, K, power)[0] for power in POWERS}
     for name, fn in list(formulations.items()):
         try:
-            got = fn(*(torch.from_numpy(x).cuda() for x in (f, fp, m)), K).cpu().numpy()
-            info["agreement"][name] = difference(np, got, want)
+            for power in POWERS:
+                got = fn(*(torch.from_numpy(x).cuda() for x in (f, fp, m)), K,
+                         power).cpu().numpy()
+                key = name if power == 1.0 else f"{name}, power {power:g}"
+                info["agreement"][key] = difference(np, got, wants[power])
         except Exception as e:  # noqa: BLE001 - torch.compile may fail at its first call
             info.setdefault("errors", {})[name] = f"{type(e).__name__}: {e}"[:300]
             formulations.pop(name)
@@ -358,10 +377,12 @@ def format_report(result):
              "generic path compiled for the host"]
     lines.append("")
     lines.append("agreement, max |gpu - cpu| / (1 + |cpu|):")
-    lines.append("| dtype | k | case (B,H,W,C,D) | aligned | coefficients | memory grad | ok |")
-    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+    lines.append("| dtype | k | power | case (B,H,W,C,D) | aligned | coefficients | memory grad "
+                 "| ok |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in result["agreement"]:
-        lines.append(f"| {r['dtype']} | {r['k']} | {r['case']} {tuple(r['shape'])} | "
+        lines.append(f"| {r['dtype']} | {r['k']} | {r.get('power', 1.0):g} | "
+                     f"{r['case']} {tuple(r['shape'])} | "
                      f"{r['aligned']:.2e} | {r['coefficients']:.2e} | "
                      f"{r['memory_gradient']:.2e} | {'yes' if r['ok'] else 'NO'} |")
     lines.append("tolerances: " + ", ".join(f"{k} {v:g}" for k, v in TOLERANCES.items()))

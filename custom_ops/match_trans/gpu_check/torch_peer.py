@@ -1,8 +1,9 @@
 """MatchTrans in PyTorch, the peer that `make gpu-check` times next to the CUDA kernels.
 
-The same semantics as the op (paper Sec. 3.3 as the authors implemented it): ReLU'd
-cosines (each norm + 1e-8) over the in-bounds (2k+1)^2 window, normalised by their
-sum, the memory kept where the sum is below 1e-7; coefficients carry no gradient.
+The same semantics as the op for finite inputs (paper Sec. 3.3 as the authors
+implemented it): ReLU'd cosines (each norm + 1e-8), raised to the affinity power
+(1: the authors'), over the in-bounds (2k+1)^2 window, normalised by their sum, the
+memory kept where the sum is below 1e-7; coefficients carry no gradient.
 Two formulations, both NHWC in and out ([B, H, W, C] features, [B, H, W, D] memory):
 
 - `shifted`: one elementwise product and channel sum per offset of the window;
@@ -34,7 +35,11 @@ def _finish(torch, a, k):
     return torch.where(keep, a / torch.where(keep, mass, torch.ones_like(mass)), identity)
 
 
-def coefficients_shifted(f, fp, k):
+def _sharpen(a, power):
+    return a if power == 1.0 else a ** power
+
+
+def coefficients_shifted(f, fp, k, power=1.0):
     """`[B, H, W, (2k+1)^2]`, offset (dy, dx) at (dy+k)*(2k+1) + (dx+k)."""
     torch, F = _torch()
     b, h, w, _ = f.shape
@@ -46,7 +51,7 @@ def coefficients_shifted(f, fp, k):
                      for dy in range(side) for dx in range(side)], -1)
     mask = torch.stack([inside[:, dy : dy + h, dx : dx + w, 0]
                         for dy in range(side) for dx in range(side)], -1)
-    return _finish(torch, a.clamp_min(0) * mask, k)
+    return _finish(torch, _sharpen(a.clamp_min(0), power) * mask, k)
 
 
 def align_shifted(coef, m, k):
@@ -62,14 +67,14 @@ def align_shifted(coef, m, k):
     return out
 
 
-def match_trans_shifted(f, fp, m, k):
+def match_trans_shifted(f, fp, m, k, power=1.0):
     torch, _ = _torch()
     with torch.no_grad():  # no gradient to the features, as the authors
-        coef = coefficients_shifted(f, fp, k)
+        coef = coefficients_shifted(f, fp, k, power)
     return align_shifted(coef, m, k)
 
 
-def coefficients_unfold(f, fp, k):
+def coefficients_unfold(f, fp, k, power=1.0):
     torch, F = _torch()
     b, h, w, c = f.shape
     side = 2 * k + 1
@@ -78,7 +83,7 @@ def coefficients_unfold(f, fp, k):
     cols = F.unfold(fpn, side, padding=k).view(b, c, side * side, h * w)  # zero padded
     a = torch.einsum("bcp,bcop->bop", fn, cols)  # [B, K2, HW]
     inside = F.unfold(torch.ones(1, 1, h, w, dtype=f.dtype, device=f.device), side, padding=k)
-    a = (a.clamp_min(0) * inside).permute(0, 2, 1).reshape(b, h, w, side * side)
+    a = (_sharpen(a.clamp_min(0), power) * inside).permute(0, 2, 1).reshape(b, h, w, side * side)
     return _finish(torch, a, k)
 
 
@@ -92,10 +97,10 @@ def align_unfold(coef, m, k):
     return out.reshape(b, d, h, w).permute(0, 2, 3, 1)
 
 
-def match_trans_unfold(f, fp, m, k):
+def match_trans_unfold(f, fp, m, k, power=1.0):
     torch, _ = _torch()
     with torch.no_grad():
-        coef = coefficients_unfold(f, fp, k)
+        coef = coefficients_unfold(f, fp, k, power)
     return align_unfold(coef, m, k)
 
 
