@@ -22,6 +22,9 @@ from tests.serving.conftest import CONFIG
 from tests.serving.conftest import REPO
 from tests.serving.conftest import make_frames
 
+# The recording's model: the config of its time (MatchTrans with the authors' affinity).
+GOLDEN_OVERRIDES = "model.memory.affinity_power=1.0"
+
 GOLDEN_DIR = os.path.join(REPO, "tests", "data", "golden_stmn")
 OUTPUTS_FILE = os.path.join(GOLDEN_DIR, "outputs.npz")
 KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
@@ -60,7 +63,8 @@ def record():
     from stmn_tf.models.builders import build_model
     from stmn_tf.serving.export import export_saved_model
 
-    config = load_config(CONFIG)
+    # Recorded before MatchTrans had an affinity power: the authors' formula.
+    config = load_config(CONFIG, GOLDEN_OVERRIDES)
     keras.utils.set_random_seed(7)
     model = build_model(config.model)
     kernel = model.rfcn_head.class_conv.kernel

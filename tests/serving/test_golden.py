@@ -8,6 +8,7 @@ from stmn_tf.configs import load_config
 from stmn_tf.serving.export import export_saved_model
 from stmn_tf.serving.export import restore_for_export
 from tests.serving.conftest import CONFIG
+from tests.serving.golden import GOLDEN_OVERRIDES
 from tests.serving.golden import GOLDEN_DIR
 from tests.serving.golden import OUTPUTS_FILE
 from tests.serving.golden import golden_frames
@@ -18,7 +19,8 @@ ATOL = 1e-5
 
 @pytest.mark.slow
 def test_old_checkpoint_exports_the_recorded_outputs(tmp_path):
-    config = load_config(CONFIG)
+    # Recorded before MatchTrans had an affinity power: the authors' formula.
+    config = load_config(CONFIG, GOLDEN_OVERRIDES)
     model, _ = restore_for_export(config, GOLDEN_DIR)  # every variable must be found
     path = export_saved_model(model, config.eval_data.image_size, str(tmp_path))
     actual = run_export(path, golden_frames())
