@@ -374,25 +374,39 @@ class TwoStageDetector(keras.Model):
         boxes = box_ops.clip_boxes_normalized(
             box_ops.decode_boxes_yxyx(box_deltas, tf.cast(rois, tf.float32), box_ops.HEAD_BOX_WEIGHTS)
         )
-        nmsed = tf.image.combined_non_max_suppression(
-            boxes[:, :, None, :],
-            scores,
-            max_output_size_per_class=self.max_detections,
-            max_total_size=self.max_detections,
-            iou_threshold=self.nms_iou,
-            score_threshold=self.score_threshold,
-            clip_boxes=False,
-        )
+        if self.nms_implementation == "per_class":
+            # The same outputs from single-class NMS kernels (TFLite builtins).
+            from stmn_tf.ops.nms import per_class_nms
+
+            nms_boxes, nms_scores, nms_classes, valid = per_class_nms(
+                boxes, scores, self.max_detections, self.nms_iou, self.score_threshold
+            )
+        else:
+            nmsed = tf.image.combined_non_max_suppression(
+                boxes[:, :, None, :],
+                scores,
+                max_output_size_per_class=self.max_detections,
+                max_total_size=self.max_detections,
+                iou_threshold=self.nms_iou,
+                score_threshold=self.score_threshold,
+                clip_boxes=False,
+            )
+            nms_boxes, nms_scores = nmsed.nmsed_boxes, nmsed.nmsed_scores
+            nms_classes, valid = nmsed.nmsed_classes, nmsed.valid_detections
         return {
-            "detection_boxes": self._unflatten(nmsed.nmsed_boxes, batch, time),
-            "detection_scores": self._unflatten(nmsed.nmsed_scores, batch, time),
-            "detection_classes": self._unflatten(tf.cast(nmsed.nmsed_classes, tf.int32) + 1, batch, time),
-            "num_detections": tf.reshape(nmsed.valid_detections, [batch, time]),
+            "detection_boxes": self._unflatten(nms_boxes, batch, time),
+            "detection_scores": self._unflatten(nms_scores, batch, time),
+            "detection_classes": self._unflatten(tf.cast(nms_classes, tf.int32) + 1, batch, time),
+            "num_detections": tf.reshape(valid, [batch, time]),
         }
 
     # -- online: one frame at a time -------------------------------------------
 
     has_memory = False  # the one model-kind check: STMN sets it
+    # "combined" (CombinedNonMaxSuppression) or "per_class" (`stmn_tf.ops.nms`, the
+    # same outputs from NonMaxSuppressionV5, for the TFLite export); not a
+    # constructor argument: a tracing choice, as the MatchTrans implementation.
+    nms_implementation = "combined"
 
     def state_shapes(self, image_height, image_width):
         """`{state key: [h, w, channels]}` of one video's state at this input size.
