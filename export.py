@@ -2,7 +2,7 @@
 
     python export.py [--config configs/synthetic_tiny_stmn.yaml] --checkpoint MODEL_DIR \
         --output EXPORT_DIR [--format saved_model|onnx|tflite] [--version 1] \
-        [--custom-op] [--quantize float16] [--max-detections N] \
+        [--custom-op] [--max-detections N] \
         [--params-override a.b=1,...] [--overwrite]
 
 writes EXPORT_DIR/<version>/ atomically:
@@ -39,10 +39,6 @@ def parse_args(argv=None):
         help="saved_model (default), onnx (model.onnx, stream.onnx) or tflite (stream.tflite)",
     )
     parser.add_argument(
-        "--quantize", default=None, choices=["float16"],
-        help="tflite only: store the weights as float16 (default: float32)",
-    )
-    parser.add_argument(
         "--custom-op", action="store_true",
         help="use the compiled Stmn>MatchTrans op (the server must have it built in); "
         "default: the pure-TF MatchTrans, standard ops only",
@@ -51,8 +47,6 @@ def parse_args(argv=None):
     parser.add_argument("--params-override", default="", help='"a.b=1,c.d=x" config overrides')
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
     args = parser.parse_args(argv)
-    if args.quantize and args.format != "tflite":
-        parser.error(f"--quantize applies to --format tflite, not {args.format}")
     if args.custom_op and args.format != "saved_model":
         parser.error(f"--custom-op applies to --format saved_model, not {args.format}")
     return args
@@ -95,9 +89,7 @@ def main(argv=None):
         elif args.format == "tflite":
             from stmn_tf.serving.tflite_export import export_tflite
 
-            path = export_tflite(
-                model, config.eval_data.image_size, args.output, quantize=args.quantize, **common
-            )
+            path = export_tflite(model, config.eval_data.image_size, args.output, **common)
         else:
             path = export_saved_model(
                 model, config.eval_data.image_size, args.output, custom_op=args.custom_op, **common

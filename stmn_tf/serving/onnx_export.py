@@ -23,6 +23,7 @@ the pure-TF twin. Needs the `export` extra (`tf2onnx`, `onnx`).
 import os
 
 import tensorflow as tf
+from tensorflow.python.eager import context
 
 from stmn_tf.serving.export import ExportError
 from stmn_tf.serving.export import base_metadata
@@ -121,8 +122,18 @@ def convert(function, input_signature, path, opset=DEFAULT_OPSET):
     import tf2onnx
 
     function = tf.function(function, input_signature=input_signature)
-    model_proto, _ = tf2onnx.convert.from_function(function, input_signature=input_signature,
-                                                   opset=opset)
+    # tf2onnx freezes the function through `convert_variables_to_constants_v2`, which
+    # adds the frozen graph's functions to the eager context under generated names
+    # (`while_cond_function_0`, ...); a second conversion in the same process then
+    # fails with "Attempting to add a duplicate function". Remove what this one added.
+    before = set(context.context().list_function_names())
+    try:
+        model_proto, _ = tf2onnx.convert.from_function(
+            function, input_signature=input_signature, opset=opset
+        )
+    finally:
+        for name in set(context.context().list_function_names()) - before:
+            context.context().remove_function(name)
     fix_loop_counters(model_proto)
     unknown = non_standard_ops(model_proto)
     if unknown:

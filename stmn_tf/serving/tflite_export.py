@@ -18,8 +18,12 @@ TFLite has no CombinedNonMaxSuppression builtin: the model is traced with
 class, the same outputs). The converter runs with `TFLITE_BUILTINS` alone, so an op
 that would need the Flex delegate fails the export instead of landing in the file.
 
-`quantize`: None (float32), or "float16" (weights stored as float16, computed in
-float32 by the reference kernels; about half the size).
+Float32 only. Float16 weights (`Optimize.DEFAULT` with `supported_types=[float16]`)
+convert but the stream's memory comes out NaN from the first frame on: the
+interpreter's first NaN is MatchTrans's cosine division with the all-zero start state,
+where the norm epsilon (1e-8, below float16's smallest subnormal) becomes 0 in float16
+and 0 / 0 remains. So no quantised export is offered until that epsilon is float16-safe (int8 was
+not tried).
 """
 
 import os
@@ -36,7 +40,6 @@ from stmn_tf.serving.export import write_version
 from stmn_tf.serving.signatures import DetectorServingModule
 
 STREAM_FILE = "stream.tflite"
-QUANTIZATIONS = (None, "float16")
 
 
 def _describe(tflite_model):
@@ -57,7 +60,7 @@ def _describe(tflite_model):
     return {"inputs": io(runner.get_input_details()), "outputs": io(runner.get_output_details())}
 
 
-def convert_stream(module, quantize=None):
+def convert_stream(module):
     """The module's `stream` (per-class NMS) -> TFLite flatbuffer bytes, builtins only.
 
     The converter reads a temporary SavedModel holding only `stream`, so that the
@@ -78,9 +81,6 @@ def convert_stream(module, quantize=None):
         converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["stream"])
         # Builtins only: conversion fails, rather than needing the Flex delegate.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantize == "float16":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.target_spec.supported_types = [tf.float16]
         try:
             return converter.convert()
         except Exception as e:  # the converter raises ConverterError and others
@@ -92,7 +92,6 @@ def export_tflite(
     image_size,
     output_dir,
     version=1,
-    quantize=None,
     max_detections=None,
     overwrite=False,
     checkpoint=None,
@@ -105,7 +104,6 @@ def export_tflite(
       image_size: the evaluation data's `ImageSizeConfig` (the resize in the graph).
       output_dir: str. The base directory.
       version: int >= 1. Defaults to 1.
-      quantize: None or "float16". Defaults to None (float32).
       max_detections: optional int, N of the outputs. Defaults to the model's.
       overwrite: bool. Replace an existing version. Defaults to False.
       checkpoint: optional str, recorded in the metadata file.
@@ -113,8 +111,6 @@ def export_tflite(
     Returns:
       str, the version directory.
     """
-    if quantize not in QUANTIZATIONS:
-        raise ExportError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
     if not model.has_memory:
         raise ExportError(
             f"the TFLite export is the STMN stream; got a {type(model).__name__} without memory"
@@ -122,13 +118,13 @@ def export_tflite(
 
     def write(temporary):
         module = DetectorServingModule(model, image_size)
-        tflite_model = convert_stream(module, quantize)
+        tflite_model = convert_stream(module)
         with open(os.path.join(temporary, STREAM_FILE), "wb") as f:
             f.write(tflite_model)
         metadata = base_metadata(module, False, checkpoint)
         metadata.update(
             format="tflite",
-            quantize=quantize or "float32",
+            dtype="float32",
             signatures=["stream"],
             files={STREAM_FILE: _describe(tflite_model)},
         )
