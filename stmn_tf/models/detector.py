@@ -27,9 +27,11 @@ from stmn_tf.models.rpn import generate_proposals
 from stmn_tf.ops import box_ops
 from stmn_tf.ops import targets as targets_lib
 from stmn_tf.ops.anchors import generate_anchors
+from stmn_tf.ops.nms import per_class_nms
 
 LOSS_NAMES = ("rpn_class_loss", "rpn_box_loss", "class_loss", "box_loss", "total_loss")
 FEATURE_STRIDE = 16
+NMS_IMPLEMENTATIONS = ("combined", "per_class")
 
 
 class TwoStageDetector(keras.Model):
@@ -374,10 +376,13 @@ class TwoStageDetector(keras.Model):
         boxes = box_ops.clip_boxes_normalized(
             box_ops.decode_boxes_yxyx(box_deltas, tf.cast(rois, tf.float32), box_ops.HEAD_BOX_WEIGHTS)
         )
+        if self.nms_implementation not in NMS_IMPLEMENTATIONS:
+            raise ValueError(
+                f"nms_implementation must be one of {NMS_IMPLEMENTATIONS}, got "
+                f"{self.nms_implementation!r}"
+            )
         if self.nms_implementation == "per_class":
             # The same outputs from single-class NMS kernels (TFLite builtins).
-            from stmn_tf.ops.nms import per_class_nms
-
             nms_boxes, nms_scores, nms_classes, valid = per_class_nms(
                 boxes, scores, self.max_detections, self.nms_iou, self.score_threshold
             )
