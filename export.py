@@ -1,18 +1,24 @@
-"""Exports a trained detector as a SavedModel for TF Serving.
+"""Exports a trained detector: a SavedModel for TF Serving, ONNX, or TFLite.
 
     python export.py [--config configs/synthetic_tiny_stmn.yaml] --checkpoint MODEL_DIR \
-        --output EXPORT_DIR [--version 1] [--custom-op] [--max-detections N] \
+        --output EXPORT_DIR [--format saved_model|onnx|tflite] [--version 1] \
+        [--custom-op] [--max-detections N] \
         [--params-override a.b=1,...] [--overwrite]
 
-writes EXPORT_DIR/<version>/ (the layout tensorflow_model_server watches) with the
-signatures `serving_default` (uint8 clip), `encoded_frames` (JPEG/PNG bytes) and, for
-STMN, `stream` (one frame plus the forward memory state); see
-stmn_tf/serving/signatures.py and the README's "Export and serving".
+writes EXPORT_DIR/<version>/ atomically:
+  saved_model (default): the layout tensorflow_model_server watches, with the
+    signatures `serving_default` (uint8 clip), `encoded_frames` (JPEG/PNG bytes) and,
+    for STMN, `stream` (one frame plus the forward memory state);
+  onnx: `model.onnx` (the clip) and, for STMN, `stream.onnx` (stmn_tf/serving/onnx_export.py);
+  tflite: `stream.tflite`, builtin ops only (stmn_tf/serving/tflite_export.py);
+each with assets.extra/stmn_serving.json. See the README's "Export and serving".
 """
 
 import argparse
 import os
 import sys
+
+FORMATS = ("saved_model", "onnx", "tflite")
 
 
 def parse_args(argv=None):
@@ -29,6 +35,10 @@ def parse_args(argv=None):
     parser.add_argument("--output", required=True, help="base directory; writes OUTPUT/<version>/")
     parser.add_argument("--version", type=int, default=1, help="version subdirectory (default 1)")
     parser.add_argument(
+        "--format", default="saved_model", choices=FORMATS,
+        help="saved_model (default), onnx (model.onnx, stream.onnx) or tflite (stream.tflite)",
+    )
+    parser.add_argument(
         "--custom-op", action="store_true",
         help="use the compiled Stmn>MatchTrans op (the server must have it built in); "
         "default: the pure-TF MatchTrans, standard ops only",
@@ -36,7 +46,10 @@ def parse_args(argv=None):
     parser.add_argument("--max-detections", type=int, default=None, help="N of the outputs")
     parser.add_argument("--params-override", default="", help='"a.b=1,c.d=x" config overrides')
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.custom_op and args.format != "saved_model":
+        parser.error(f"--custom-op applies to --format saved_model, not {args.format}")
+    return args
 
 
 def main(argv=None):
@@ -63,18 +76,29 @@ def main(argv=None):
         sys.exit(f"export.py: {args.output}/{args.version} exists; pass --overwrite to replace it")
     try:
         model, prefix = restore_for_export(config, args.checkpoint)
-        path = export_saved_model(
-            model,
-            config.eval_data.image_size,
-            args.output,
+        common = dict(
             version=args.version,
-            custom_op=args.custom_op,
             max_detections=args.max_detections,
             overwrite=args.overwrite,
             checkpoint=prefix,
         )
+        if args.format == "onnx":
+            from stmn_tf.serving.onnx_export import export_onnx
+
+            path = export_onnx(model, config.eval_data.image_size, args.output, **common)
+        elif args.format == "tflite":
+            from stmn_tf.serving.tflite_export import export_tflite
+
+            path = export_tflite(model, config.eval_data.image_size, args.output, **common)
+        else:
+            path = export_saved_model(
+                model, config.eval_data.image_size, args.output, custom_op=args.custom_op, **common
+            )
     except (ExportError, FileNotFoundError, OpLibraryError) as e:
         sys.exit(f"export.py: {e}")
+    except ImportError as e:  # tf2onnx / onnx missing
+        sys.exit(f"export.py: --format {args.format} needs the export extra "
+                 f"(pip install -e '.[export]'): {e}")
     print(f"Exported {prefix} to {path}")
     return 0
 

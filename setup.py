@@ -16,6 +16,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+EXPORT_REQUIRES = ["tf2onnx==1.17.0", "onnx==1.23.2", "onnxruntime==1.32.0"]
 
 
 def _build_ops(force=False, use_cuda=True):
@@ -82,7 +83,12 @@ setup(
         "matplotlib",
         "pyyaml",
     ],
+    # export: `export.py --format onnx` (tf2onnx, onnx) and the ONNX checks (onnxruntime),
+    # pinned to versions that run with TF 2.20 and the numpy / protobuf it installs.
     # tensorflow-serving-api: the gRPC PredictRequest of stmn_tf.serving.client (its tests).
-    extras_require={"test": ["pytest>=7", "tensorflow-serving-api==2.20.*"]},
+    extras_require={
+        "export": EXPORT_REQUIRES,
+        "test": ["pytest>=7", "tensorflow-serving-api==2.20.*"] + EXPORT_REQUIRES,
+    },
     cmdclass={"build_ops": BuildOps, "build_py": BuildPyWithOps},
 )

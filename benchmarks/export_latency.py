@@ -13,6 +13,15 @@ called in turn in each round.
 Prints a table, then one JSON line with the seconds per clip, the milliseconds per
 streamed frame and the portable / custom-op ratios. Heavy on a small CPU: keep the
 repeats small.
+
+    python benchmarks/export_latency.py --formats [--repeats 3] [--frames 11]
+
+instead compares the deployment formats on the tiny synthetic STMN
+(configs/synthetic_tiny_stmn.yaml, random weights, 96x80 uint8 frames): the portable
+SavedModel (`tf.saved_model.load`), ONNX (onnxruntime, CPU provider) and TFLite (the
+TFLite interpreter, float32), milliseconds per frame of the clip model
+(`serving_default` / `model.onnx`, over the whole clip) and of the stream (state fed
+back frame by frame).
 """
 
 import argparse
@@ -30,6 +39,7 @@ import tensorflow as tf  # noqa: E402
 
 from stmn_tf import ops  # noqa: E402
 from stmn_tf.configs import load_config  # noqa: E402
+from stmn_tf.data import pipeline  # noqa: E402
 from stmn_tf.models.builders import build_model  # noqa: E402
 from stmn_tf.serving.export import export_saved_model  # noqa: E402
 
@@ -60,7 +70,11 @@ def main(argv=None):
     parser.add_argument("--depth", type=int, default=50, help="ResNet depth")
     parser.add_argument("--output", default=None,
                         help="directory for the temporary exports (default: the system's)")
+    parser.add_argument("--formats", action="store_true",
+                        help="compare SavedModel, ONNX and TFLite on the tiny synthetic STMN")
     args = parser.parse_args(argv)
+    if args.formats:
+        return format_latency(args)
 
     ops.load_library()  # the custom-op export needs it to load; fail loudly here
     config = experiment(args.depth)
@@ -130,6 +144,90 @@ def main(argv=None):
         seconds[("portable", "stream")] / seconds[("custom_op", "stream")], 3)
     print(f"portable / custom op: clip {result['clip_portable_over_custom_op']:.3f}, "
           f"stream {result['stream_portable_over_custom_op']:.3f}")
+    print(json.dumps(result))
+
+
+def format_latency(args):
+    """The --formats mode (see the module docstring)."""
+    import onnxruntime
+
+    from stmn_tf.serving.onnx_export import export_onnx
+    from stmn_tf.serving.tflite_export import export_tflite
+
+    config = load_config(os.path.join(os.path.dirname(CONFIG), "synthetic_tiny_stmn.yaml"))
+    keras.utils.set_random_seed(0)
+    model = build_model(config.model)
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, size=(args.frames, 96, 80, 3), dtype=np.uint8)
+    image_size = config.eval_data.image_size
+    with tempfile.TemporaryDirectory(dir=args.output) as root:
+        log("exporting SavedModel, ONNX, TFLite")
+        saved = tf.saved_model.load(export_saved_model(model, image_size, os.path.join(root, "sm")))
+        onnx_dir = export_onnx(model, image_size, os.path.join(root, "onnx"))
+        lite32 = export_tflite(model, image_size, os.path.join(root, "lite32"))
+        shapes = {key: [int(s) for s in value]
+                  for key, value in model.state_shapes(*pipeline.padded_size(image_size)).items()}
+        zeros = {f"state_{key}": np.zeros(shape, np.float32) for key, shape in shapes.items()}
+
+        def saved_stream():
+            state = dict(zeros)
+            for frame in clip:
+                answer = saved.signatures["stream"](frame=frame, **state)
+                state = {key: answer[key] for key in state}
+
+        session_clip = onnxruntime.InferenceSession(os.path.join(onnx_dir, "model.onnx"),
+                                                    providers=["CPUExecutionProvider"])
+        session_stream = onnxruntime.InferenceSession(os.path.join(onnx_dir, "stream.onnx"),
+                                                      providers=["CPUExecutionProvider"])
+
+        def onnx_stream():
+            state = dict(zeros)
+            for frame in clip:
+                answer = dict(zip([o.name for o in session_stream.get_outputs()],
+                                  session_stream.run(None, {"frame": frame, **state})))
+                state = {key: answer[f"next_{key}"] for key in state}
+
+        def lite_stream(path):
+            runner = tf.lite.Interpreter(os.path.join(path, "stream.tflite")).get_signature_runner("stream")
+
+            def run():
+                state = dict(zeros)
+                for frame in clip:
+                    answer = runner(frame=frame, **state)
+                    state = {key: answer[key] for key in state}
+            return run
+
+        calls = {
+            ("SavedModel", "clip"): lambda: saved.signatures["serving_default"](images=clip),
+            ("SavedModel", "stream"): saved_stream,
+            ("ONNX", "clip"): lambda: session_clip.run(None, {"images": clip}),
+            ("ONNX", "stream"): onnx_stream,
+            ("TFLite", "stream"): lite_stream(lite32),
+        }
+        for fn in calls.values():
+            fn()  # warm-up
+        times = {key: [] for key in calls}
+        for r in range(args.repeats):
+            log(f"round {r + 1}/{args.repeats}")
+            for key, fn in calls.items():
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+    ms = {key: 1e3 * float(np.median(t)) / args.frames for key, t in times.items()}
+    header = f"{'format':>16} {'clip ms/frame':>14} {'stream ms/frame':>16}"
+    print(f"tiny synthetic STMN, {args.frames} frames of 96x80, median of {args.repeats} rounds")
+    print(header)
+    print("-" * len(header))
+    result = {"frames": args.frames, "repeats": args.repeats}
+    for name in ("SavedModel", "ONNX", "TFLite"):
+        clip_ms = ms.get((name, "clip"))
+        stream_ms = ms[(name, "stream")]
+        clip_text = f"{clip_ms:.1f}" if clip_ms is not None else "-"
+        print(f"{name:>16} {clip_text:>14} {stream_ms:>16.1f}")
+        key = name.lower().replace(" ", "_")
+        result[f"{key}_stream_ms_per_frame"] = round(stream_ms, 2)
+        if clip_ms is not None:
+            result[f"{key}_clip_ms_per_frame"] = round(clip_ms, 2)
     print(json.dumps(result))
 
 

@@ -16,7 +16,7 @@ _FUNCTIONS = {
     "match_trans_coefficients": "stmn_tf.ops.match_trans_op",
     "ps_roi_average_pool": "stmn_tf.ops.ps_roi_pooling",
 }
-_SUBMODULES = ("anchors", "box_ops", "ps_roi_pooling", "targets", "seq_nms", "tube_linking")
+_SUBMODULES = ("anchors", "box_ops", "nms", "ps_roi_pooling", "targets", "seq_nms", "tube_linking")
 
 __all__ = sorted(_FUNCTIONS) + list(_SUBMODULES)
 

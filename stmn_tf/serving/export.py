@@ -13,6 +13,7 @@ op instead (faster), which a loader must register first with `tf.load_op_library
 server: an op built into its binary).
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ class ExportError(RuntimeError):
     """The export cannot be written (existing version, unportable graph, bad checkpoint)."""
 
 
-def _saveable_root(model, signatures):
+def saveable_root(model, signatures):
     """The object to save: the model's tf.Variables in a list, and the functions.
 
     Not the Keras model, nor its Keras variables: either way each variable is
@@ -123,7 +124,8 @@ def custom_ops_in(saved_model_dir):
     return found
 
 
-def _metadata(module, custom_op, checkpoint):
+def base_metadata(module, custom_op, checkpoint):
+    """The fields of `stmn_serving.json` that every format shares (model, sizes, state)."""
     model = module.model
     metadata = {
         "model_type": "stmn" if module.is_stmn else "rfcn",
@@ -176,32 +178,19 @@ def export_saved_model(
       ExportError: if the version exists (and not `overwrite`), or if a portable
         export came out with a custom op in it.
     """
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ExportError(f"version must be an integer >= 1, got {version!r}")
-    final = os.path.join(output_dir, str(version))
-    if os.path.exists(final) and not overwrite:
-        raise ExportError(f"{final} exists; pass overwrite=True (--overwrite) to replace it")
+    check_version(output_dir, version, overwrite)
     if custom_op:
         from stmn_tf.ops.match_trans_op import load_library
 
         load_library()  # fails here, with how to build it, rather than mid-trace
-    os.makedirs(output_dir, exist_ok=True)
 
-    previous_max = model.decoder.max_detections
-    previous_impl = None
-    if model.has_memory:
-        previous_impl = model.set_match_trans_implementation("custom_op" if custom_op else "tf")
-    if max_detections is not None:
-        model.decoder.max_detections = int(max_detections)
-    temporary = tempfile.mkdtemp(prefix=f".export-{version}-", dir=output_dir)
-    try:
+    def write(temporary):
         module = DetectorServingModule(model, image_size)
         signatures = module.signatures()
-        tf.saved_model.save(_saveable_root(model, signatures), temporary, signatures=signatures)
-        extra = os.path.join(temporary, "assets.extra")
-        os.makedirs(extra, exist_ok=True)
-        with open(os.path.join(extra, METADATA_FILE), "w") as f:
-            json.dump(_metadata(module, custom_op, checkpoint), f, indent=2)
+        tf.saved_model.save(saveable_root(model, signatures), temporary, signatures=signatures)
+        metadata = base_metadata(module, custom_op, checkpoint)
+        metadata["format"] = "saved_model"
+        write_metadata(temporary, metadata)
         if not custom_op:
             found = custom_ops_in(temporary)
             if found:
@@ -209,9 +198,65 @@ def export_saved_model(
                     f"the portable export contains custom ops {found}; a memory cell "
                     "ignored implementation='tf'"
                 )
+
+    with tracing(model, "custom_op" if custom_op else "tf", max_detections):
+        return write_version(output_dir, version, overwrite, write)
+
+
+def check_version(output_dir, version, overwrite):
+    """Raises `ExportError` for a bad version or an existing one (unless `overwrite`)."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ExportError(f"version must be an integer >= 1, got {version!r}")
+    final = os.path.join(output_dir, str(version))
+    if os.path.exists(final) and not overwrite:
+        raise ExportError(f"{final} exists; pass overwrite=True (--overwrite) to replace it")
+
+
+@contextlib.contextmanager
+def tracing(model, match_trans="tf", max_detections=None, nms=None):
+    """Sets the model's MatchTrans implementation, `max_detections` and NMS
+    implementation for a trace, and restores them afterwards."""
+    previous_max = model.decoder.max_detections
+    previous_nms = model.decoder.nms_implementation
+    previous_impl = None
+    if model.has_memory:
+        previous_impl = model.set_match_trans_implementation(match_trans)
+    if max_detections is not None:
+        model.decoder.max_detections = int(max_detections)
+    if nms is not None:
+        model.decoder.nms_implementation = nms
+    try:
+        yield model
+    finally:
+        model.decoder.max_detections = previous_max
+        model.decoder.nms_implementation = previous_nms
+        if previous_impl is not None:
+            model.set_match_trans_implementation(previous_impl)
+
+
+def write_metadata(directory, metadata):
+    """Writes `directory/assets.extra/stmn_serving.json`."""
+    extra = os.path.join(directory, "assets.extra")
+    os.makedirs(extra, exist_ok=True)
+    with open(os.path.join(extra, METADATA_FILE), "w") as f:
+        json.dump(metadata, f, indent=2)
+
+
+def write_version(output_dir, version, overwrite, write):
+    """Runs `write(temporary_dir)`, then renames the directory to `output_dir/<version>`.
+
+    The version directory appears only complete: `write` fills a temporary sibling
+    (its name is not a number, so TF Serving ignores it), removed if `write` fails.
+    An existing version (with `overwrite`) is moved aside first, so that the final
+    path is never a half-written directory. Returns the version directory.
+    """
+    check_version(output_dir, version, overwrite)
+    final = os.path.join(output_dir, str(version))
+    os.makedirs(output_dir, exist_ok=True)
+    temporary = tempfile.mkdtemp(prefix=f".export-{version}-", dir=output_dir)
+    try:
+        write(temporary)
         if os.path.exists(final):
-            # Replace: move the old version aside first, so that `final` is never
-            # a half-written directory.
             trash = tempfile.mkdtemp(prefix=f".replaced-{version}-", dir=output_dir)
             os.rename(final, os.path.join(trash, "old"))
             os.rename(temporary, final)
@@ -221,9 +266,6 @@ def export_saved_model(
     finally:
         if os.path.exists(temporary):
             shutil.rmtree(temporary, ignore_errors=True)
-        model.decoder.max_detections = previous_max
-        if previous_impl is not None:
-            model.set_match_trans_implementation(previous_impl)
     return final
 
 

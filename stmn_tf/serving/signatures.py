@@ -119,7 +119,9 @@ class DetectorServingModule:
         `scale`: `[..., 2]` per frame. Boxes normalised to the padded canvas become
         normalised to the frame (the frame is the canvas' top-left h x w corner).
         """
-        scale = tf.concat([scale, scale], axis=-1)[..., None, :]  # [..., 1, 4] y, x, y, x
+        # expand_dims rather than `[..., None, :]`: tf2onnx 1.17 turns that strided
+        # slice into an ONNX Slice with a repeated axis, which onnxruntime rejects.
+        scale = tf.expand_dims(tf.concat([scale, scale], axis=-1), -2)  # [..., 1, 4] y, x, y, x
         boxes = tf.clip_by_value(detections["detection_boxes"] * scale, 0.0, 1.0)
         return {
             "detection_boxes": boxes,
@@ -136,6 +138,68 @@ class DetectorServingModule:
         with tf.control_dependencies(_check_clip(frames, "images")):
             images, scale = self.preprocess(frames)  # [T, Hp, Wp, 3], [T, 2]
         detections = self.model.detect(images[None], training=False)  # [1, T, ...]
+        detections = {key: value[0] for key, value in detections.items()}
+        return self._to_frame_boxes(detections, scale)
+
+    def memory_by_steps(self, features):
+        """The clip's memory `[B, T, h, w, 2F]` from each direction's `step`, in a plain loop.
+
+        What `model.head_features` computes (the memory layer's `call`), as a
+        `tf.while_loop` over the layers' public `step` with the outputs written to a
+        TensorArray in iteration order: the form tf2onnx maps to an ONNX Loop. The
+        layer's own loop (`keras.ops.scan`, writing the backward direction at its
+        frame's index) fails in tf2onnx 1.17 with "While loop couldn't find scan
+        output index". The backward direction runs over the reversed clip and is
+        reversed back. Each direction starts as the paper's first step: zero memory,
+        `F_{t-1} = F_t`.
+
+        Args:
+          features: float32 `[B, T, h, w, C]`, `F_t`.
+        """
+        layer = self.model.memory_layer
+        if self.model.memory_direction == "bidirectional":
+            directions = [(layer.forward_layer, False), (layer.backward_layer, True)]
+        else:
+            directions = [(layer, False)]
+        outputs = [self._run_direction(d, features, reverse) for d, reverse in directions]
+        return tf.concat(outputs, axis=-1)  # forward channels first, as the layer
+
+    @staticmethod
+    def _run_direction(layer, features, reverse):
+        frames = tf.reverse(features, [1]) if reverse else features  # [B, T, h, w, C]
+        steps = tf.shape(frames)[1]
+        first = frames[:, 0]
+        shape = tf.shape(first)
+        memory = tf.zeros(tf.concat([shape[:3], [layer.cell.filters]], 0), first.dtype)
+        written = tf.TensorArray(first.dtype, size=steps)
+
+        def body(t, memory, previous, written):
+            current = tf.gather(frames, t, axis=1)  # [B, h, w, C]
+            memory, _ = layer.step(current, [memory, previous])
+            return t + 1, memory, current, written.write(t, memory)
+
+        _, _, _, written = tf.while_loop(
+            lambda t, *_: t < steps, body, (tf.constant(0), memory, first, written)
+        )
+        outputs = tf.transpose(written.stack(), [1, 0, 2, 3, 4])  # [B, T, h, w, F]
+        return tf.reverse(outputs, [1]) if reverse else outputs
+
+    def detect_clip_by_steps(self, frames):
+        """`detect_clip` with the memory of `memory_by_steps` (the ONNX clip model).
+
+        uint8 `[T, H, W, 3]` -> the `serving_default` outputs. A detector without
+        memory has no recurrence: `detect_clip` itself.
+        """
+        if not self.is_stmn:
+            return self.detect_clip(frames)
+        frames = _check_shape(frames, [None, None, None, 3], "images")
+        with tf.control_dependencies(_check_clip(frames, "images")):
+            images, scale = self.preprocess(frames)  # [T, Hp, Wp, 3], [T, 2]
+        images = images[None]  # [1, T, Hp, Wp, 3]
+        features = self.model.extract_features(images)  # [1, T, h, w, C]
+        detections = self.model.detect_from_head_input(
+            features, self.memory_by_steps(features), tf.shape(images)[2:4]
+        )
         detections = {key: value[0] for key, value in detections.items()}
         return self._to_frame_boxes(detections, scale)
 

@@ -5,9 +5,20 @@
     checkpointing.py  model + optimizer + step checkpoints, resume, stage-2 init
     summaries.py      TensorBoard scalars and detection images, train_log.jsonl
     trainer.py        the custom loop (`train`) shared by every strategy
+
+`train` and `NonFiniteLossError` load on first use, so that importing one piece (the
+learning-rate schedule, which `import stmn_tf` registers with Keras) does not import
+the whole loop.
 """
 
-from stmn_tf.training.trainer import NonFiniteLossError
-from stmn_tf.training.trainer import train
+import importlib
 
-__all__ = ["NonFiniteLossError", "train"]
+_EXPORTS = {"NonFiniteLossError": "trainer", "train": "trainer"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'stmn_tf.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"stmn_tf.training.{_EXPORTS[name]}"), name)
