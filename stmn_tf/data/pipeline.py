@@ -36,7 +36,7 @@ import tensorflow as tf
 from stmn_tf.data import schema
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Corrupt records skipped by the checked reader, by file name (skip_corrupt=True).
+# Corrupt records skipped by the Python reader, by file name (skip_corrupt=True).
 READ_ERRORS = collections.Counter()
 
 
@@ -53,6 +53,11 @@ def list_files(patterns):
     return sorted(set(files))
 
 
+class CorruptDataError(ValueError):
+    """A record or a frame that cannot be read; the message names the file, and for a
+    frame the record, video and frame."""
+
+
 def _read_checked(filename, skip):
     """Yields the records of one file; a corrupt one raises with the file's name, or
     (skip) ends the file with a warning and a count, since a broken length field
@@ -66,9 +71,74 @@ def _read_checked(filename, skip):
     except tf.errors.OpError as e:
         message = f"{filename}: corrupt record {index} ({e.message})"
         if not skip:
-            raise ValueError(message) from None
+            raise CorruptDataError(message) from None
         READ_ERRORS[filename] += 1
         logging.warning("skipping the rest of %s", message)
+
+
+def find_corrupt(files):
+    """The first unreadable record or frame of `files`, as a CorruptDataError, or None.
+
+    A checked pass in Python over every record (its length and checksums) and every
+    frame (decoded): slow, for naming what the native reader failed on.
+    """
+    for filename in files:
+        index = 0
+        try:
+            for record in tf.compat.v1.io.tf_record_iterator(filename):
+                try:
+                    video = schema.parse_video(record)
+                except tf.errors.OpError as e:
+                    return CorruptDataError(
+                        f"{filename}: record {index} is not a video SequenceExample ({e.message})")
+                for frame, data in enumerate(video["encoded"].numpy()):
+                    try:
+                        tf.io.decode_image(data, channels=3, expand_animations=False)
+                    except tf.errors.OpError as e:
+                        return CorruptDataError(
+                            f"{filename}: record {index}, video "
+                            f"{video['media_id'].numpy().decode()!r}, frame {frame} (image/timestamp "
+                            f"{int(video['timestamp'][frame])}): the image does not decode "
+                            f"({e.message.strip()})")
+                index += 1
+        except tf.errors.OpError as e:
+            return CorruptDataError(f"{filename}: corrupt record {index} ({e.message})")
+    return None
+
+
+def explain_read_error(config, error):
+    """The error to raise for `error`, a native-reader failure of `config`'s pipeline:
+    a CorruptDataError naming the file (and the video and frame of an image that does
+    not decode), found by `find_corrupt`; `error` itself when every file reads."""
+    patterns = ",".join(p for p in (config.input_path, config.det_input_path) if p)
+    found = find_corrupt(list_files(patterns))
+    return found if found is not None else error
+
+
+def uses_python_reader(config):
+    """True when `config` reads through the Python `_read_checked` (`checked_reader`, or
+    `skip_corrupt`, which counts what it skips), False for the native TFRecordDataset."""
+    return bool(config.checked_reader or config.skip_corrupt)
+
+
+def iterate(dataset, config, numpy=False):
+    """Yields the elements of `dataset` (built from `config`), raising a read error of
+    the native reader as `explain_read_error`'s CorruptDataError, which names the file.
+
+    Args:
+        dataset: a `build_dataset(config)` dataset.
+        config: its DataConfig.
+        numpy: yield NumPy values (`as_numpy_iterator`) instead of tensors.
+    """
+    iterator = iter(dataset.as_numpy_iterator() if numpy else dataset)
+    while True:
+        try:
+            element = next(iterator)
+        except StopIteration:
+            return
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            raise explain_read_error(config, e) from e
+        yield element
 
 
 def _records(files, config, input_context, training):
@@ -87,10 +157,12 @@ def _records(files, config, input_context, training):
     skip = config.skip_corrupt
 
     def read(filename):
-        if config.checked_reader:
+        if uses_python_reader(config):
             return tf.data.Dataset.from_generator(
                 _read_checked, args=(filename, skip),
                 output_signature=tf.TensorSpec([], tf.string))
+        # Native: a corrupt record stops the iterator with an error that does not name
+        # the file; the reader's callers (`explain_read_error`) find it.
         return tf.data.TFRecordDataset(filename)
 
     if training:
@@ -101,8 +173,6 @@ def _records(files, config, input_context, training):
         dataset = dataset.interleave(read, cycle_length=1, block_length=1)
     if shard_records:
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if skip and not config.checked_reader:
-        dataset = dataset.ignore_errors()
     return dataset
 
 

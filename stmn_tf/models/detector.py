@@ -233,7 +233,9 @@ class TwoStageDetector(keras.Model):
 
         Args:
           inputs: dict with `images`, `boxes`, `labels` and optionally `proposals`
-            (see the module docstring).
+            (see the module docstring) and `sampling_seed` (int `[2]`: the anchors
+            and RoIs are then sampled statelessly from it, the same in any process;
+            train.py derives it from the step).
           training: bool.
 
         Returns:
@@ -246,9 +248,15 @@ class TwoStageDetector(keras.Model):
         gt_labels = self._flatten(tf.cast(inputs["labels"], tf.int32))  # [N, G]
         features = self.extract_features(images)  # [B, T, h, w, C]
         first = self.propose(features, image_size, inputs.get("proposals"), training=True)
+        rpn_seed = roi_seed = None
+        if inputs.get("sampling_seed") is not None:
+            seed = tf.cast(inputs["sampling_seed"], tf.int64)
+            rpn_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+            roi_seed = tf.random.experimental.stateless_fold_in(seed, 2)
         rpn = targets_lib.rpn_targets(
             first["anchors"], gt_boxes, gt_labels, self.rpn_batch_size,
             self.rpn_positive_fraction, self.rpn_positive_iou, self.rpn_negative_iou,
+            seed=rpn_seed,
         )
         rpn_class_loss, rpn_box_loss = losses_lib.rpn_losses(
             first["rpn_logits"], first["rpn_deltas"], rpn["labels"], rpn["box_targets"]
@@ -256,6 +264,7 @@ class TwoStageDetector(keras.Model):
         rois = targets_lib.sample_rois(
             first["rois"], first["rois_valid"], gt_boxes, gt_labels, self.num_rois, self.foreground_fraction,
             self.foreground_iou, self.background_iou_high, self.background_iou_low,
+            seed=roi_seed,
         )
         head_input = self._flatten(self.head_features(features, training=training))
         class_logits, box_deltas = self.rfcn_head(head_input, rois["rois"], image_size)

@@ -5,7 +5,8 @@ Layout of a model directory (train.py's `--model-dir`):
     config.yaml            the resolved experiment
     checkpoint             CheckpointManager's state file: the latest and kept prefixes
     ckpt-<step>.index      one checkpoint per save, named by the training step
-    ckpt-<step>.data-*     tf.train.Checkpoint(model, optimizer, step[, plateau])
+    ckpt-<step>.data-*     tf.train.Checkpoint(model, optimizer, step[, plateau][, input]),
+                           `input` the replicas' tf.data iterators (the input position)
     train/                 TensorBoard event files
     train_log.jsonl        one JSON line per logged step
 
@@ -48,6 +49,27 @@ def restore_latest(checkpoint, directory):
         return None
     checkpoint.restore(latest).assert_existing_objects_matched()
     return latest
+
+
+def restore_input(trackable, prefix):
+    """Restores the input iterators of `trackable` (`training.inputs.ReplicaInputs`'s)
+    from checkpoint `prefix`. Returns False, restoring nothing, when `prefix` holds no
+    input position (a checkpoint written before it was saved); a checkpoint whose
+    iterators are not those of `trackable` (another replica count) fails.
+    """
+    names = {name for name, _ in tf.train.list_variables(prefix)}
+    if not any(name.startswith("input/") for name in names):
+        return False
+    # The iterators hang below the root's `input` dependency in the saved graph.
+    root = tf.train.Checkpoint(input=trackable)
+    try:
+        root.read(prefix).expect_partial().assert_existing_objects_matched()
+    except AssertionError as e:
+        raise CheckpointMismatchError(
+            f"{prefix}: its input position is not one of this run's replicas "
+            f"({sorted(n.split('/')[1] for n in names if n.startswith('input/'))} saved): "
+            f"{e}") from e
+    return True
 
 
 class CheckpointMismatchError(ValueError):
