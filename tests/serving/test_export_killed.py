@@ -73,3 +73,35 @@ def test_sigkill_during_export_leaves_no_version_and_a_rerun_completes(tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert [name for name in os.listdir(output) if name.isdigit()] == ["1"]
     assert os.path.exists(os.path.join(output, "1", "saved_model.pb"))
+
+
+def test_exported_signatures_answer_empty_and_one_frame_inputs(exported, tmp_path):
+    """No detection (a score threshold above every score, baked into the export) and a
+    one-frame clip: zero counts and all-zero padding from every signature."""
+    import cv2
+    import numpy as np
+    import tensorflow as tf
+
+    from stmn_tf.serving.export import export_saved_model
+
+    model = exported.model
+    previous = model.score_threshold
+    model.score_threshold = 1.01
+    try:
+        path = export_saved_model(model, exported.config.eval_data.image_size, str(tmp_path / "e"))
+    finally:
+        model.score_threshold = previous
+    loaded = tf.saved_model.load(path)
+    frame = exported.frames[:1]  # [1, H, W, 3]
+    clip = loaded.signatures["serving_default"](images=tf.constant(frame))
+    encoded = [cv2.imencode(".png", frame[0][..., ::-1])[1].tobytes()]
+    files = loaded.signatures["encoded_frames"](encoded_frames=tf.constant(encoded))
+    stream = loaded.signatures["stream"]
+    shapes = {spec.name: spec.shape for spec in stream.structured_input_signature[1].values()}
+    state = {name: tf.zeros(shapes[name], tf.float32) for name in ("state_memory", "state_features")}
+    online = stream(frame=tf.constant(frame[0]), **state)
+    for outputs in (clip, files, online):
+        assert int(np.sum(outputs["num_detections"].numpy())) == 0
+        assert not np.any(outputs["detection_boxes"].numpy())
+        assert not np.any(outputs["detection_scores"].numpy())
+    assert clip["detection_boxes"].shape[0] == 1
