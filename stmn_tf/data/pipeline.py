@@ -36,7 +36,8 @@ import tensorflow as tf
 from stmn_tf.data import schema
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Corrupt records skipped by the Python reader, by file name (skip_corrupt=True).
+# Corrupt records and videos with a broken frame skipped by the Python reader, by file
+# name (skip_corrupt=True).
 READ_ERRORS = collections.Counter()
 
 
@@ -58,15 +59,49 @@ class CorruptDataError(ValueError):
     frame the record, video and frame."""
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def image_looks_complete(data):
+    """True for bytes that start and end as a JPEG (SOI ... EOI) or a PNG (signature
+    ... IEND) do: what a truncated or overwritten frame fails. A cheap check, without
+    decoding; an image that passes and still does not decode fails at decode time,
+    named by `explain_read_error`."""
+    if data[:2] == b"\xff\xd8":
+        return data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+    if data[:8] == _PNG_SIGNATURE:
+        return b"IEND" in data[-12:]
+    return False
+
+
+def _bad_frame(record):
+    """`(media_id, frame position)` of the first frame of a serialized video whose image
+    is not complete (`image_looks_complete`), or None."""
+    example = tf.train.SequenceExample.FromString(record)
+    frames = example.feature_lists.feature_list[schema.ENCODED].feature
+    for position, feature in enumerate(frames):
+        if not image_looks_complete(feature.bytes_list.value[0]):
+            media_id = example.context.feature[schema.MEDIA_ID].bytes_list.value[0].decode()
+            return media_id, position
+    return None
+
+
 def _read_checked(filename, skip):
     """Yields the records of one file; a corrupt one raises with the file's name, or
     (skip) ends the file with a warning and a count, since a broken length field
-    leaves no way to find the next record."""
+    leaves no way to find the next record. With `skip`, a video with a truncated or
+    overwritten frame (`image_looks_complete`) is skipped too, warned and counted."""
     filename = filename.decode() if isinstance(filename, bytes) else filename
     index = 0
     try:
         for record in tf.compat.v1.io.tf_record_iterator(filename):
-            yield record
+            bad = _bad_frame(record) if skip else None
+            if bad is None:
+                yield record
+            else:
+                READ_ERRORS[filename] += 1
+                logging.warning("skipping %s: record %d, video %r: frame %d is not a complete "
+                                "image", filename, index, bad[0], bad[1])
             index += 1
     except tf.errors.OpError as e:
         message = f"{filename}: corrupt record {index} ({e.message})"
@@ -141,8 +176,10 @@ def iterate(dataset, config, numpy=False):
         yield element
 
 
-def _records(files, config, input_context, training):
-    """Serialized records from `files`, sharded per input pipeline."""
+def read_records(files, config, input_context=None, training=True):
+    """Serialized records (string scalars) from `files`, sharded per input pipeline:
+    `cycle_length` files read at once (training: shuffled, repeated), through the
+    native reader or the Python one (`uses_python_reader`)."""
     dataset = tf.data.Dataset.from_tensor_slices(files)
     shard_records = False
     if input_context and input_context.num_input_pipelines > 1:
@@ -328,7 +365,7 @@ def balance_classes(videos, num_classes, seed):
 
 def _clip_dataset(files, config, input_context, clip_length):
     """Unbatched training clips of `clip_length` frames (see the module docstring)."""
-    dataset = _records(files, config, input_context, training=True)
+    dataset = read_records(files, config, input_context, training=True)
     dataset = dataset.map(schema.parse_video, num_parallel_calls=AUTOTUNE,
                           deterministic=config.deterministic)
     if config.class_balance:
@@ -379,7 +416,7 @@ def _mix_pattern(ratio):
 
 def _frame_dataset(files, config, input_context):
     """Every frame of every video, in order (see the module docstring)."""
-    dataset = _records(files, config, input_context, training=False)
+    dataset = read_records(files, config, input_context, training=False)
     dataset = dataset.map(schema.parse_video)
 
     def frames(video):
