@@ -5,7 +5,8 @@
         --init-from runs/rfcn
     python train.py ... --strategy mirrored --cpu-replicas 2   # 2 replicas on a CPU
 
-Resumes from the latest checkpoint in --model-dir. The loop is stmn_tf/training/trainer.py.
+Resumes from the latest checkpoint in --model-dir, at the input position saved with it
+(with train.deterministic, as if never interrupted). The loop is stmn_tf/training/trainer.py.
 """
 
 import argparse
