@@ -45,6 +45,7 @@ def main(argv=None):
 
     from stmn_tf import configs
     from stmn_tf.data import synthetic
+    from stmn_tf.training import checkpointing
     from stmn_tf.training import trainer
 
     try:
@@ -56,7 +57,7 @@ def main(argv=None):
     try:
         trainer.train(config, args.model_dir, steps=args.steps, strategy=strategy,
                       init_from=args.init_from, progress=not args.no_progress)
-    except trainer.NonFiniteLossError as e:
+    except (trainer.NonFiniteLossError, checkpointing.CheckpointMismatchError) as e:
         sys.exit(f"train.py: {e}")
 
 

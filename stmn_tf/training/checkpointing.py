@@ -54,21 +54,24 @@ def restore_latest(checkpoint, directory):
 def restore_input(trackable, prefix):
     """Restores the input iterators of `trackable` (`training.inputs.ReplicaInputs`'s)
     from checkpoint `prefix`. Returns False, restoring nothing, when `prefix` holds no
-    input position (a checkpoint written before it was saved); a checkpoint whose
-    iterators are not those of `trackable` (another replica count) fails.
+    input position (a checkpoint written before it was saved).
+
+    Raises:
+        CheckpointMismatchError: the checkpoint's iterators are not this run's (another
+            replica count: each replica's pipeline reads its own shard).
     """
-    names = {name for name, _ in tf.train.list_variables(prefix)}
-    if not any(name.startswith("input/") for name in names):
+    saved = sorted({name.split("/")[1] for name, _ in tf.train.list_variables(prefix)
+                    if name.startswith("input/")})
+    if not saved:
         return False
-    # The iterators hang below the root's `input` dependency in the saved graph.
-    root = tf.train.Checkpoint(input=trackable)
-    try:
-        root.read(prefix).expect_partial().assert_existing_objects_matched()
-    except AssertionError as e:
+    expected = sorted(name for name in dir(trackable) if name.startswith("replica_"))
+    if saved != expected:
         raise CheckpointMismatchError(
-            f"{prefix}: its input position is not one of this run's replicas "
-            f"({sorted(n.split('/')[1] for n in names if n.startswith('input/'))} saved): "
-            f"{e}") from e
+            f"{prefix}: its input position is of replicas {saved}, this run has {expected}; "
+            "resume with the replica count of the run that wrote it")
+    # The iterators hang below the root's `input` dependency in the saved graph.
+    tf.train.Checkpoint(input=trackable).read(prefix).expect_partial() \
+        .assert_existing_objects_matched()
     return True
 
 

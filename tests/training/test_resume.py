@@ -110,3 +110,27 @@ def test_killed_run_resumes_within_float_tolerance_under_mirrored(tmp_path, data
             np.testing.assert_array_equal(resumed[name], value, err_msg=name)
     names = {os.path.basename(p) for p in glob.glob(str(tmp_path / "killed" / "ckpt-*.index"))}
     assert f"ckpt-{STEPS}.index" in names
+
+
+def test_restore_input_checks_the_replicas(tmp_path):
+    from stmn_tf.training import checkpointing
+
+    def holder(count, skip=0):
+        iterators = {}
+        for replica in range(count):
+            iterator = iter(tf.data.Dataset.range(replica * 100, replica * 100 + 10))
+            for _ in range(skip):
+                next(iterator)
+            iterators[f"replica_{replica}"] = iterator
+        return tf.train.Checkpoint(**iterators)
+
+    step = tf.Variable(3)
+    without = tf.train.Checkpoint(step=step).save(str(tmp_path / "old" / "ckpt"))
+    assert checkpointing.restore_input(holder(2), without) is False
+    saved = tf.train.Checkpoint(step=step, input=holder(2, skip=4)).save(str(tmp_path / "new" / "ckpt"))
+    restored = holder(2)
+    assert checkpointing.restore_input(restored, saved) is True
+    assert [int(next(restored.replica_0)), int(next(restored.replica_1))] == [4, 104]
+    with pytest.raises(checkpointing.CheckpointMismatchError,
+                       match=r"replicas \['replica_0', 'replica_1'\], this run has \['replica_0'\]"):
+        checkpointing.restore_input(holder(1), saved)
