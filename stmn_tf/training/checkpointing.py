@@ -51,6 +51,16 @@ def restore_latest(checkpoint, directory):
     return latest
 
 
+def _saved_replicas(prefix):
+    return sorted({name.split("/")[1] for name, _ in tf.train.list_variables(prefix)
+                   if name.startswith("input/")})
+
+
+def holds_input(prefix):
+    """Whether checkpoint `prefix` holds an input position (`restore_input`)."""
+    return bool(_saved_replicas(prefix))
+
+
 def restore_input(trackable, prefix):
     """Restores the input iterators of `trackable` (`training.inputs.ReplicaInputs`'s)
     from checkpoint `prefix`. Returns False, restoring nothing, when `prefix` holds no
@@ -60,8 +70,7 @@ def restore_input(trackable, prefix):
         CheckpointMismatchError: the checkpoint's iterators are not this run's (another
             replica count: each replica's pipeline reads its own shard).
     """
-    saved = sorted({name.split("/")[1] for name, _ in tf.train.list_variables(prefix)
-                    if name.startswith("input/")})
+    saved = _saved_replicas(prefix)
     if not saved:
         return False
     expected = sorted(name for name in dir(trackable) if name.startswith("replica_"))

@@ -185,23 +185,22 @@ def make_deterministic(config):
     return data_config
 
 
-def _resume_input(state, inputs, resumed_from, multi_worker, echo):
-    """Puts the input iterators into the checkpoint and, after a resume, restores their
-    position. Returns True when the run reads on from the checkpointed position.
+def _input_is_saved(data_config, multi_worker):
+    """Whether the input position goes into the checkpoints: not in a multi-worker run,
+    whose non-chief workers' checkpoints are discarded, nor with the Python reader
+    (`checked_reader`, `skip_corrupt`), whose generator has no state to save."""
+    return not (multi_worker or pipeline.uses_python_reader(data_config))
 
-    Not done (the clips are drawn with another seed after a resume) in a multi-worker
-    run, whose non-chief workers' checkpoints are discarded, nor with the Python
-    reader (`checked_reader`, `skip_corrupt`), whose generator has no state to save.
-    """
-    if multi_worker or pipeline.uses_python_reader(inputs.data_config):
-        return False
-    if resumed_from and not checkpointing.restore_input(inputs.trackable, resumed_from):
+
+def _resume_input(state, inputs, resumed_from, echo):
+    """Puts the input iterators into the checkpoint and, after a resume, restores their
+    position. Returns True when the run reads on from the checkpointed position."""
+    restored = bool(resumed_from) and checkpointing.restore_input(inputs.trackable, resumed_from)
+    if resumed_from and not restored:
         echo(f"{resumed_from} holds no input position (an older checkpoint): the clips "
              "are drawn with another seed")
-        state.checkpoint.input = inputs.trackable
-        return False
     state.checkpoint.input = inputs.trackable
-    return True
+    return restored
 
 
 def _check_finite(losses, current, manager):
@@ -288,13 +287,17 @@ def train(config, model_dir, steps=None, strategy=None, init_from=None, progress
         echo(f"Nothing to do: {model_dir} is at step {start} >= --steps {total_steps}")
         return result
 
-    multi_worker = distribution.is_multi_worker_cluster()
-    if resumed_from and (multi_worker or pipeline.uses_python_reader(data_config)):
-        # The input position is not in the checkpoint: draw other clips than the
-        # first run's first ones.
+    input_saved = _input_is_saved(data_config, distribution.is_multi_worker_cluster())
+    if resumed_from and not (input_saved and checkpointing.holds_input(resumed_from)):
+        # No input position to read on from: draw other clips than the first run's
+        # first ones.
         data_config.seed = int(data_config.seed) + start
     inputs = inputs_lib.ReplicaInputs(strategy, data_config)
-    _resume_input(state, inputs, resumed_from, multi_worker, echo)
+    if input_saved:
+        _resume_input(state, inputs, resumed_from, echo)
+    elif resumed_from:
+        echo("The input position is not checkpointed (multi-worker run or Python reader): "
+             "the clips are drawn with another seed")
     train_step = make_train_step(
         state, strategy, weight_decay=config.train.optimizer.weight_decay,
         clip_norm=config.train.optimizer.clip_norm, seed=config.train.seed)
