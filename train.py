@@ -5,7 +5,8 @@
         --init-from runs/rfcn
     python train.py ... --strategy mirrored --cpu-replicas 2   # 2 replicas on a CPU
 
-Resumes from the latest checkpoint in --model-dir. The loop is stmn_tf/training/trainer.py.
+Resumes from the latest checkpoint in --model-dir, at the input position saved with it
+(with train.deterministic, as if never interrupted). The loop is stmn_tf/training/trainer.py.
 """
 
 import argparse
@@ -44,6 +45,7 @@ def main(argv=None):
 
     from stmn_tf import configs
     from stmn_tf.data import synthetic
+    from stmn_tf.training import checkpointing
     from stmn_tf.training import trainer
 
     try:
@@ -55,7 +57,7 @@ def main(argv=None):
     try:
         trainer.train(config, args.model_dir, steps=args.steps, strategy=strategy,
                       init_from=args.init_from, progress=not args.no_progress)
-    except trainer.NonFiniteLossError as e:
+    except (trainer.NonFiniteLossError, checkpointing.CheckpointMismatchError) as e:
         sys.exit(f"train.py: {e}")
 
 

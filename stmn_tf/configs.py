@@ -52,7 +52,13 @@ class OptimizerConfig(hyperparams.Config):
 
 @dataclasses.dataclass
 class TrainConfig(hyperparams.Config):
-    """The training loop (train.py)."""
+    """The training loop (train.py).
+
+    `deterministic`: seed everything with `seed`, turn on TensorFlow's op determinism
+    and the data pipeline's ordered mode (`train_data.deterministic`), so that two runs
+    of one config on CPU give the same weights, and a run killed and resumed those of
+    the run uninterrupted (the input position is in every checkpoint either way).
+    """
 
     steps: int = 100000
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
@@ -63,6 +69,7 @@ class TrainConfig(hyperparams.Config):
     image_summary_every: int = 1000
     init_from: str = ""  # stage 2: a stage-1 (R-FCN) checkpoint to transfer from
     seed: int = 0
+    deterministic: bool = False
 
 
 @dataclasses.dataclass
@@ -173,7 +180,7 @@ def _synthetic_tiny(model_type):
     else:
         steps, learning_rate, decay_steps = 3000, 0.04, [2500]
     config.train.override({"steps": steps, "checkpoint_every": 200, "summary_every": 20,
-                           "image_summary_every": 200})
+                           "image_summary_every": 200, "deterministic": True})
     config.train.optimizer.override({"learning_rate": learning_rate, "schedule": "step",
                                      "decay_steps": decay_steps, "warmup_steps": 100})
     config.eval.override({"window": 11, "stride": 2})

@@ -108,11 +108,13 @@ class DataConfig(hyperparams.Config):
         deterministic: the same elements in the same order on every run (seeded,
             ordered parallelism; a little slower).
         seed: seed of every random choice.
-        skip_corrupt: skip corrupt records (counted in `pipeline.READ_ERRORS`)
-            instead of failing with the file's name.
-        checked_reader: read records through a small Python reader that names the
-            file of a corrupt record and counts skips; False uses the native
-            TFRecordDataset (portable to tf.data service, errors without file names).
+        skip_corrupt: skip corrupt records (counted in `pipeline.READ_ERRORS`, read
+            through the Python reader) instead of failing with the file's name.
+        checked_reader: read every record through a small Python reader (under the
+            GIL: the input's ceiling on a machine of many GPUs; its position is not
+            checkpointed). False (the default) reads with the native TFRecordDataset;
+            a corrupt record or image then fails with the file's name, found by a
+            checked pass after the failure (`pipeline.explain_read_error`).
         synthetic: the synthetic data set's parameters (used by the configs that
             call synthetic.ensure_synthetic_dataset).
     """
@@ -134,7 +136,7 @@ class DataConfig(hyperparams.Config):
     deterministic: bool = False
     seed: int = 0
     skip_corrupt: bool = False
-    checked_reader: bool = True
+    checked_reader: bool = False
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
 
 

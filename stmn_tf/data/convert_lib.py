@@ -10,6 +10,7 @@ import argparse
 import collections
 import concurrent.futures
 import dataclasses
+import glob
 import math
 import multiprocessing
 import os
@@ -227,6 +228,31 @@ def _temporary_path(path):
     return os.path.join(directory, f".{base}.tmp-{os.getpid()}")
 
 
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(paths):
+    """Removes the temporary files of `paths` left by a conversion that was killed
+    (SIGKILL leaves no chance to clean up): those whose writer process is gone.
+    Returns the paths removed."""
+    removed = []
+    for path in paths:
+        directory, base = os.path.split(path)
+        for stale in glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(base)}.tmp-*")):
+            pid = stale.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+                os.remove(stale)
+                removed.append(stale)
+    return removed
+
+
 def _run_task(args):
     build_fn, task, skip_errors = args
     try:
@@ -244,7 +270,8 @@ def convert(tasks, build_fn, output_prefix, num_shards=None, skip_errors=False, 
     Videos go round-robin to the shards in task order, so the output does not depend
     on `workers`. Each shard is written under a hidden temporary name and renamed
     only when every video is done; on any error or interrupt the temporary files are
-    removed, so no half-written shard is left behind.
+    removed, so no half-written shard is left behind. A SIGKILL leaves only hidden
+    temporary files, which the next conversion to the same shards removes.
 
     Returns a dict: shards (paths), videos, frames, boxes, skipped_frames,
     skipped_videos, reasons ({reason: count}), skipped_files ([(path, reason)]).
@@ -260,6 +287,7 @@ def convert(tasks, build_fn, output_prefix, num_shards=None, skip_errors=False, 
     directory = os.path.dirname(os.path.abspath(output_prefix))
     os.makedirs(directory, exist_ok=True)
     paths = shard_paths(output_prefix, num_shards)
+    remove_stale_temporaries(paths)
     temporary = [_temporary_path(p) for p in paths]
     stats = dict(shards=paths, videos=0, frames=0, boxes=0, skipped_frames=0,
                  skipped_videos=0, reasons=collections.Counter(), skipped_files=[])

@@ -36,7 +36,8 @@ import tensorflow as tf
 from stmn_tf.data import schema
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Corrupt records skipped by the checked reader, by file name (skip_corrupt=True).
+# Corrupt records and videos with a broken frame skipped by the Python reader, by file
+# name (skip_corrupt=True).
 READ_ERRORS = collections.Counter()
 
 
@@ -53,26 +54,132 @@ def list_files(patterns):
     return sorted(set(files))
 
 
+class CorruptDataError(ValueError):
+    """A record or a frame that cannot be read; the message names the file, and for a
+    frame the record, video and frame."""
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def image_looks_complete(data):
+    """True for bytes that start and end as a JPEG (SOI ... EOI) or a PNG (signature
+    ... IEND) do: what a truncated or overwritten frame fails. A cheap check, without
+    decoding; an image that passes and still does not decode fails at decode time,
+    named by `explain_read_error`."""
+    if data[:2] == b"\xff\xd8":
+        return data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+    if data[:8] == _PNG_SIGNATURE:
+        return b"IEND" in data[-12:]
+    return False
+
+
+def _bad_frame(record):
+    """`(media_id, frame position)` of the first frame of a serialized video whose image
+    is not complete (`image_looks_complete`), or None."""
+    example = tf.train.SequenceExample.FromString(record)
+    frames = example.feature_lists.feature_list[schema.ENCODED].feature
+    for position, feature in enumerate(frames):
+        if not image_looks_complete(feature.bytes_list.value[0]):
+            media_id = example.context.feature[schema.MEDIA_ID].bytes_list.value[0].decode()
+            return media_id, position
+    return None
+
+
 def _read_checked(filename, skip):
     """Yields the records of one file; a corrupt one raises with the file's name, or
     (skip) ends the file with a warning and a count, since a broken length field
-    leaves no way to find the next record."""
+    leaves no way to find the next record. With `skip`, a video with a truncated or
+    overwritten frame (`image_looks_complete`) is skipped too, warned and counted."""
     filename = filename.decode() if isinstance(filename, bytes) else filename
     index = 0
     try:
         for record in tf.compat.v1.io.tf_record_iterator(filename):
-            yield record
+            bad = _bad_frame(record) if skip else None
+            if bad is None:
+                yield record
+            else:
+                READ_ERRORS[filename] += 1
+                logging.warning("skipping %s: record %d, video %r: frame %d is not a complete "
+                                "image", filename, index, bad[0], bad[1])
             index += 1
     except tf.errors.OpError as e:
         message = f"{filename}: corrupt record {index} ({e.message})"
         if not skip:
-            raise ValueError(message) from None
+            raise CorruptDataError(message) from None
         READ_ERRORS[filename] += 1
         logging.warning("skipping the rest of %s", message)
 
 
-def _records(files, config, input_context, training):
-    """Serialized records from `files`, sharded per input pipeline."""
+def find_corrupt(files):
+    """The first unreadable record or frame of `files`, as a CorruptDataError, or None.
+
+    A checked pass in Python over every record (its length and checksums) and every
+    frame (decoded): slow, for naming what the native reader failed on.
+    """
+    for filename in files:
+        index = 0
+        try:
+            for record in tf.compat.v1.io.tf_record_iterator(filename):
+                try:
+                    video = schema.parse_video(record)
+                except tf.errors.OpError as e:
+                    return CorruptDataError(
+                        f"{filename}: record {index} is not a video SequenceExample ({e.message})")
+                for frame, data in enumerate(video["encoded"].numpy()):
+                    try:
+                        tf.io.decode_image(data, channels=3, expand_animations=False)
+                    except tf.errors.OpError as e:
+                        return CorruptDataError(
+                            f"{filename}: record {index}, video "
+                            f"{video['media_id'].numpy().decode()!r}, frame {frame} (image/timestamp "
+                            f"{int(video['timestamp'][frame])}): the image does not decode "
+                            f"({e.message.strip()})")
+                index += 1
+        except tf.errors.OpError as e:
+            return CorruptDataError(f"{filename}: corrupt record {index} ({e.message})")
+    return None
+
+
+def explain_read_error(config, error):
+    """The error to raise for `error`, a native-reader failure of `config`'s pipeline:
+    a CorruptDataError naming the file (and the video and frame of an image that does
+    not decode), found by `find_corrupt`; `error` itself when every file reads."""
+    patterns = ",".join(p for p in (config.input_path, config.det_input_path) if p)
+    found = find_corrupt(list_files(patterns))
+    return found if found is not None else error
+
+
+def uses_python_reader(config):
+    """True when `config` reads through the Python `_read_checked` (`checked_reader`, or
+    `skip_corrupt`, which counts what it skips), False for the native TFRecordDataset."""
+    return bool(config.checked_reader or config.skip_corrupt)
+
+
+def iterate(dataset, config, numpy=False):
+    """Yields the elements of `dataset` (built from `config`), raising a read error of
+    the native reader as `explain_read_error`'s CorruptDataError, which names the file.
+
+    Args:
+        dataset: a `build_dataset(config)` dataset.
+        config: its DataConfig.
+        numpy: yield NumPy values (`as_numpy_iterator`) instead of tensors.
+    """
+    iterator = iter(dataset.as_numpy_iterator() if numpy else dataset)
+    while True:
+        try:
+            element = next(iterator)
+        except StopIteration:
+            return
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            raise explain_read_error(config, e) from e
+        yield element
+
+
+def read_records(files, config, input_context=None, training=True):
+    """Serialized records (string scalars) from `files`, sharded per input pipeline:
+    `cycle_length` files read at once (training: shuffled, repeated), through the
+    native reader or the Python one (`uses_python_reader`)."""
     dataset = tf.data.Dataset.from_tensor_slices(files)
     shard_records = False
     if input_context and input_context.num_input_pipelines > 1:
@@ -87,10 +194,12 @@ def _records(files, config, input_context, training):
     skip = config.skip_corrupt
 
     def read(filename):
-        if config.checked_reader:
+        if uses_python_reader(config):
             return tf.data.Dataset.from_generator(
                 _read_checked, args=(filename, skip),
                 output_signature=tf.TensorSpec([], tf.string))
+        # Native: a corrupt record stops the iterator with an error that does not name
+        # the file; the reader's callers (`explain_read_error`) find it.
         return tf.data.TFRecordDataset(filename)
 
     if training:
@@ -101,8 +210,6 @@ def _records(files, config, input_context, training):
         dataset = dataset.interleave(read, cycle_length=1, block_length=1)
     if shard_records:
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if skip and not config.checked_reader:
-        dataset = dataset.ignore_errors()
     return dataset
 
 
@@ -258,7 +365,7 @@ def balance_classes(videos, num_classes, seed):
 
 def _clip_dataset(files, config, input_context, clip_length):
     """Unbatched training clips of `clip_length` frames (see the module docstring)."""
-    dataset = _records(files, config, input_context, training=True)
+    dataset = read_records(files, config, input_context, training=True)
     dataset = dataset.map(schema.parse_video, num_parallel_calls=AUTOTUNE,
                           deterministic=config.deterministic)
     if config.class_balance:
@@ -309,7 +416,7 @@ def _mix_pattern(ratio):
 
 def _frame_dataset(files, config, input_context):
     """Every frame of every video, in order (see the module docstring)."""
-    dataset = _records(files, config, input_context, training=False)
+    dataset = read_records(files, config, input_context, training=False)
     dataset = dataset.map(schema.parse_video)
 
     def frames(video):

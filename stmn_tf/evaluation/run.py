@@ -43,7 +43,7 @@ def eval_frames(data_config, max_videos=None):
     config = copy.deepcopy(data_config)
     config.override({"is_training": False, "global_batch_size": 0}, is_strict=True)
     videos, current = 0, None
-    for element in pipeline.build_dataset(config).as_numpy_iterator():
+    for element in pipeline.iterate(pipeline.build_dataset(config), config, numpy=True):
         video_id = _text(element["video_id"])
         if video_id != current or element["frame_position"] == 0:
             if max_videos is not None and videos >= max_videos:

@@ -21,6 +21,7 @@ class AnchorLabeler:
     Call arguments:
       anchors: `[A, 4]` normalised yxyx.
       gt_boxes: `[N, G, 4]` normalised yxyx; gt_labels: `[N, G]` int, 0 = padding.
+      seed: optional `[2]` int stateless seed of the sampling (None: stateful).
 
     Returns:
       dict: `labels` `[N, A]` int32 (1 positive, 0 negative, -1 not sampled),
@@ -39,10 +40,10 @@ class AnchorLabeler:
         self.positive_iou = float(positive_iou)
         self.negative_iou = float(negative_iou)
 
-    def __call__(self, anchors, gt_boxes, gt_labels):
+    def __call__(self, anchors, gt_boxes, gt_labels, seed=None):
         return targets_lib.rpn_targets(
             anchors, gt_boxes, gt_labels, self.batch_size, self.positive_fraction,
-            self.positive_iou, self.negative_iou,
+            self.positive_iou, self.negative_iou, seed=seed,
         )
 
     def get_config(self):

@@ -165,7 +165,9 @@ class TwoStageDetector(keras.Model):
 
         Args:
           inputs: dict with `images`, `boxes`, `labels` and optionally `proposals`
-            (see the module docstring).
+            (see the module docstring) and `sampling_seed` (int `[2]`: the anchors
+            and RoIs are then sampled statelessly from it, the same in any process;
+            train.py derives it from the step).
           training: bool.
 
         Returns:
@@ -178,11 +180,19 @@ class TwoStageDetector(keras.Model):
         gt_labels = self._flatten(tf.cast(inputs["labels"], tf.int32))  # [N, G]
         features = self.extract_features(images)  # [B, T, h, w, C]
         first = self.propose(features, image_size, inputs.get("proposals"), training=True)
-        rpn = self.anchor_labeler(first["anchors"], gt_boxes, gt_labels)
+        rpn_seed = roi_seed = None
+        if inputs.get("sampling_seed") is not None:
+            # A stateless seed per step and replica (the training loop's), so that a
+            # resumed run samples the anchors and RoIs the uninterrupted one did.
+            seed = tf.cast(inputs["sampling_seed"], tf.int64)
+            rpn_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+            roi_seed = tf.random.experimental.stateless_fold_in(seed, 2)
+        rpn = self.anchor_labeler(first["anchors"], gt_boxes, gt_labels, seed=rpn_seed)
         rpn_class_loss, rpn_box_loss = losses_lib.rpn_losses(
             first["rpn_logits"], first["rpn_deltas"], rpn["labels"], rpn["box_targets"]
         )
-        rois = self.roi_sampler(first["rois"], first["rois_valid"], gt_boxes, gt_labels)
+        rois = self.roi_sampler(first["rois"], first["rois_valid"], gt_boxes, gt_labels,
+                                seed=roi_seed)
         head_input = self._flatten(self.head_features(features, training=training))
         class_logits, box_deltas = self.rfcn_head(head_input, rois["rois"], image_size)
         class_loss, box_loss = losses_lib.rfcn_losses(

@@ -24,6 +24,7 @@ class RoISampler:
     Call arguments:
       rois: `[N, P, 4]` normalised yxyx proposals; valid: `[N, P]` bool.
       gt_boxes: `[N, G, 4]`; gt_labels: `[N, G]` int, 1..C, 0 = padding.
+      seed: optional `[2]` int stateless seed of the sampling (None: stateful).
 
     Returns:
       dict: `rois` `[N, R, 4]`, `labels` `[N, R]` int32 (0 background), `valid` and
@@ -46,10 +47,11 @@ class RoISampler:
         self.background_iou_low = float(background_iou_low)
         self.ohem_rois = int(ohem_rois)
 
-    def __call__(self, rois, valid, gt_boxes, gt_labels):
+    def __call__(self, rois, valid, gt_boxes, gt_labels, seed=None):
         return targets_lib.sample_rois(
             rois, valid, gt_boxes, gt_labels, self.num_rois, self.foreground_fraction,
             self.foreground_iou, self.background_iou_high, self.background_iou_low,
+            seed=seed,
         )
 
     def get_config(self):

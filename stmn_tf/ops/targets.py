@@ -26,12 +26,17 @@ def sample_balanced(positive, negative, num_samples, max_positive, seed=None):
       positive, negative: `[N, P]` bool, disjoint.
       num_samples: int, samples per row.
       max_positive: int or `[N]`, at most this many positives per row.
-      seed: optional int for `tf.random.uniform`.
+      seed: optional int op seed for `tf.random.uniform`, or an int `[2]` tensor: a
+        stateless seed (`tf.random.stateless_uniform`), which draws the same sample
+        for the same seed in any process (what exact resume needs).
 
     Returns:
       `(take_positive, take_negative)`: `[N, P]` bool.
     """
-    noise = tf.random.uniform(tf.shape(positive), seed=seed)
+    if seed is None or isinstance(seed, int):
+        noise = tf.random.uniform(tf.shape(positive), seed=seed)
+    else:
+        noise = tf.random.stateless_uniform(tf.shape(positive), seed=seed)
     pos_rank = _ranks(tf.where(positive, noise, -1.0))
     take_pos = positive & (pos_rank < max_positive)
     num_pos = tf.reduce_sum(tf.cast(take_pos, tf.int32), axis=-1, keepdims=True)
@@ -75,6 +80,7 @@ def rpn_targets(
       anchors: `[A, 4]` normalised yxyx.
       gt_boxes: `[N, G, 4]` normalised yxyx.
       gt_labels: `[N, G]` int, 0 = padding.
+      seed: optional, `sample_balanced`'s.
 
     Returns:
       dict with `labels` `[N, A]` int32 (1 positive, 0 negative, -1 not sampled) and
@@ -124,6 +130,7 @@ def sample_rois(
       proposals: `[N, P, 4]` normalised yxyx.
       proposals_valid: `[N, P]` bool.
       gt_boxes: `[N, G, 4]`; gt_labels: `[N, G]` int, 1..C, 0 = padding.
+      seed: optional, `sample_balanced`'s.
 
     Returns:
       dict: `rois` `[N, R, 4]`, `labels` `[N, R]` int32 (0 background), `valid`

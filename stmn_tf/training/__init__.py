@@ -2,7 +2,8 @@
 
     distribution.py   strategy selection, logical CPU replicas, chief / worker roles
     optimization.py   SGD with momentum, warm-up, step or plateau schedule
-    checkpointing.py  model + optimizer + step checkpoints, resume, stage-2 init
+    inputs.py         one checkpointable tf.data iterator per replica (the input position)
+    checkpointing.py  model + optimizer + step + input checkpoints, resume, stage-2 init
     summaries.py      TensorBoard scalars and detection images, train_log.jsonl
     trainer.py        the custom loop (`train`) shared by every strategy
 

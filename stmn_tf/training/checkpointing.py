@@ -5,7 +5,8 @@ Layout of a model directory (train.py's `--model-dir`):
     config.yaml            the resolved experiment
     checkpoint             CheckpointManager's state file: the latest and kept prefixes
     ckpt-<step>.index      one checkpoint per save, named by the training step
-    ckpt-<step>.data-*     tf.train.Checkpoint(model, optimizer, step[, plateau])
+    ckpt-<step>.data-*     tf.train.Checkpoint(model, optimizer, step[, plateau][, input]),
+                           `input` the replicas' tf.data iterators (the input position)
     train/                 TensorBoard event files
     train_log.jsonl        one JSON line per logged step
 
@@ -48,6 +49,39 @@ def restore_latest(checkpoint, directory):
         return None
     checkpoint.restore(latest).assert_existing_objects_matched()
     return latest
+
+
+def _saved_replicas(prefix):
+    return sorted({name.split("/")[1] for name, _ in tf.train.list_variables(prefix)
+                   if name.startswith("input/")})
+
+
+def holds_input(prefix):
+    """Whether checkpoint `prefix` holds an input position (`restore_input`)."""
+    return bool(_saved_replicas(prefix))
+
+
+def restore_input(trackable, prefix):
+    """Restores the input iterators of `trackable` (`training.inputs.ReplicaInputs`'s)
+    from checkpoint `prefix`. Returns False, restoring nothing, when `prefix` holds no
+    input position (a checkpoint written before it was saved).
+
+    Raises:
+        CheckpointMismatchError: the checkpoint's iterators are not this run's (another
+            replica count: each replica's pipeline reads its own shard).
+    """
+    saved = _saved_replicas(prefix)
+    if not saved:
+        return False
+    expected = sorted(name for name in dir(trackable) if name.startswith("replica_"))
+    if saved != expected:
+        raise CheckpointMismatchError(
+            f"{prefix}: its input position is of replicas {saved}, this run has {expected}; "
+            "resume with the replica count of the run that wrote it")
+    # The iterators hang below the root's `input` dependency in the saved graph.
+    tf.train.Checkpoint(input=trackable).read(prefix).expect_partial() \
+        .assert_existing_objects_matched()
+    return True
 
 
 class CheckpointMismatchError(ValueError):

@@ -4,7 +4,7 @@ Keras 3's `model.fit` fails under MultiWorkerMirroredStrategy (keras-team/keras#
 so the loop is written out, the same for one device, MirroredStrategy and
 MultiWorkerMirroredStrategy:
 
-    batch  = next(iterator)                # per-replica batches, distribute_datasets_from_function
+    batch  = inputs.next()                 # per-replica batches (inputs.ReplicaInputs)
     losses = train_step(batch)             # tf.function: strategy.run(replica_train_step),
                                            # then the mean of the replicas' losses
     host: non-finite check, plateau, progress bar, summaries, checkpoints
@@ -24,8 +24,10 @@ import time
 import keras
 import tensorflow as tf
 
+from stmn_tf.data import pipeline
 from stmn_tf.training import checkpointing
 from stmn_tf.training import distribution
+from stmn_tf.training import inputs as inputs_lib
 from stmn_tf.training import optimization
 from stmn_tf.training import summaries
 from stmn_tf.training.step import replica_train_step
@@ -71,19 +73,29 @@ class TrainingState:
         return float(self.schedule(self.optimizer.iterations))
 
 
-def make_train_step(state, strategy, weight_decay=0.0, clip_norm=0.0):
+def make_train_step(state, strategy, weight_decay=0.0, clip_norm=0.0, seed=0):
     """The compiled step: `train_step(distributed_batch) -> {loss name: global mean}`.
 
     Runs `stmn_tf.training.step.replica_train_step` (the step `model.fit` runs too) on
     every replica, averages the replicas' losses and counts the step.
-    """
 
-    def replica_step(batch):
-        return replica_train_step(state.model, state.optimizer, batch, weight_decay, clip_norm)
+    The random sampling of anchors and RoIs draws from `sampling_seed` = (seed, step *
+    replicas + replica): a function of the step, not of a random state that a resumed
+    process would start afresh.
+    """
+    replicas = strategy.num_replicas_in_sync
+
+    def replica_step(batch, step):
+        replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
+        sampling_seed = tf.stack([tf.constant(seed, tf.int64), step * replicas + replica])
+        return replica_train_step(state.model, state.optimizer,
+                                  dict(batch, sampling_seed=sampling_seed), weight_decay,
+                                  clip_norm)
 
     @tf.function
     def train_step(batch):
-        per_replica = strategy.run(replica_step, args=(batch,))
+        step = tf.identity(state.step)
+        per_replica = strategy.run(replica_step, args=(batch, step))
         losses = {name: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
                   for name, value in per_replica.items()}
         state.step.assign_add(1)
@@ -161,6 +173,36 @@ class _Reporter:
         self.log.flush()
 
 
+def make_deterministic(config):
+    """`train.deterministic`: seeds Python, NumPy and TensorFlow with `train.seed`,
+    turns on TensorFlow's op determinism (process-wide) and the data pipeline's
+    ordered, seeded mode. Returns the data config to read (a copy)."""
+    data_config = copy.deepcopy(config.train_data)
+    if config.train.deterministic:
+        keras.utils.set_random_seed(int(config.train.seed))
+        tf.config.experimental.enable_op_determinism()
+        data_config.deterministic = True
+    return data_config
+
+
+def _input_is_saved(data_config, multi_worker):
+    """Whether the input position goes into the checkpoints: not in a multi-worker run,
+    whose non-chief workers' checkpoints are discarded, nor with the Python reader
+    (`checked_reader`, `skip_corrupt`), whose generator has no state to save."""
+    return not (multi_worker or pipeline.uses_python_reader(data_config))
+
+
+def _resume_input(state, inputs, resumed_from, echo):
+    """Puts the input iterators into the checkpoint and, after a resume, restores their
+    position. Returns True when the run reads on from the checkpointed position."""
+    restored = bool(resumed_from) and checkpointing.restore_input(inputs.trackable, resumed_from)
+    if resumed_from and not restored:
+        echo(f"{resumed_from} holds no input position (an older checkpoint): the clips "
+             "are drawn with another seed")
+    state.checkpoint.input = inputs.trackable
+    return restored
+
+
 def _check_finite(losses, current, manager):
     if not math.isfinite(losses["total_loss"]):
         raise NonFiniteLossError(
@@ -188,8 +230,10 @@ def train(config, model_dir, steps=None, strategy=None, init_from=None, progress
           echo=print):
     """Trains `config` in `model_dir` up to `steps` total steps (default train.steps).
 
-    Resumes from the latest checkpoint of `model_dir` if there is one; otherwise
-    initialises from `init_from` (or `config.train.init_from`) when given (stage 2).
+    Resumes from the latest checkpoint of `model_dir` if there is one, reading on
+    from the input position saved with it; otherwise initialises from `init_from` (or
+    `config.train.init_from`) when given (stage 2). With `train.deterministic` a run
+    killed and resumed ends with the weights of the same run uninterrupted.
 
     Args:
         config: ExperimentConfig (input paths resolved, see
@@ -210,7 +254,6 @@ def train(config, model_dir, steps=None, strategy=None, init_from=None, progress
             of that state; the latest one in `model_dir` is the last good one).
     """
     from stmn_tf.configs import save_config
-    from stmn_tf.data.pipeline import make_dataset_fn
 
     strategy = strategy or distribution.select_strategy("auto")
     chief = distribution.is_chief(strategy)
@@ -225,6 +268,7 @@ def train(config, model_dir, steps=None, strategy=None, init_from=None, progress
     if chief:
         save_config(config, os.path.join(model_dir, "config.yaml"))
 
+    data_config = make_deterministic(config)
     previous_policy = keras.config.dtype_policy()
     if config.train.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
@@ -243,24 +287,29 @@ def train(config, model_dir, steps=None, strategy=None, init_from=None, progress
         echo(f"Nothing to do: {model_dir} is at step {start} >= --steps {total_steps}")
         return result
 
-    data_config = copy.deepcopy(config.train_data)
-    # After a resume, draw other clips than the first run's first ones (the input
-    # position is not checkpointed: the checked reader is a Python generator).
-    data_config.seed = int(data_config.seed) + start
-    dataset = strategy.distribute_datasets_from_function(make_dataset_fn(data_config))
+    input_saved = _input_is_saved(data_config, distribution.is_multi_worker_cluster())
+    if resumed_from and not (input_saved and checkpointing.holds_input(resumed_from)):
+        # No input position to read on from: draw other clips than the first run's
+        # first ones.
+        data_config.seed = int(data_config.seed) + start
+    inputs = inputs_lib.ReplicaInputs(strategy, data_config)
+    if input_saved:
+        _resume_input(state, inputs, resumed_from, echo)
+    elif resumed_from:
+        echo("The input position is not checkpointed (multi-worker run or Python reader): "
+             "the clips are drawn with another seed")
     train_step = make_train_step(
         state, strategy, weight_decay=config.train.optimizer.weight_decay,
-        clip_norm=config.train.optimizer.clip_norm)
+        clip_norm=config.train.optimizer.clip_norm, seed=config.train.seed)
     reporter = _Reporter(config, state, strategy, model_dir if chief else write_dir, start,
                          total_steps, chief, progress, echo)
-    iterator = iter(dataset)
     run_start = time.time()
     examples = 0
     losses = {}
     current = start
     try:
         while current < total_steps:
-            batch = next(iterator)
+            batch = inputs.next()
             values = train_step(batch)
             current = int(state.step.numpy())
             losses = {name: float(value) for name, value in values.items()}

@@ -205,3 +205,64 @@ def test_custom_json_and_coco_vid(tmp_path):
     json.dump(spec, open(root / "ann.json", "w"))
     with pytest.raises(convert_lib.ConversionError, match=r"ann.json \(.*0.png\): unknown class 'bus'"):
         convert_custom.convert_custom(str(root), str(root / "ann.json"), str(root / "bad"), quiet=True)
+
+
+# Runs convert_vid in a fresh process that stops for good after writing its second
+# video (writers flushed, shards not yet renamed) and says so in a file: the test's
+# SIGKILL lands at that point, every time.
+_PAUSING_CONVERSION = """
+import sys, time
+from stmn_tf.data import convert_lib, convert_vid, schema
+signal_path = sys.argv[1]
+real = schema.serialize_video
+written = []
+def serialize_then_pause(video):
+    if len(written) == 2:
+        open(signal_path, "w").close()
+        time.sleep(600)
+    written.append(video.media_id)
+    return real(video)
+schema.serialize_video = serialize_then_pause
+sys.exit(convert_vid.main(sys.argv[2:]))
+"""
+
+
+def test_sigkill_during_conversion_leaves_no_shard_and_a_rerun_completes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = str(tmp_path / "root")
+    for name in ("a", "b", "c", "d"):
+        helpers.write_vid_snippet(root, "train", name, [[(AIRPLANE, 1, 2, 10, 12, 0)]] * 2)
+    output = tmp_path / "out"
+    arguments = ["--root", root, "--split", "train", "--output", str(output / "vid"),
+                 "--num-shards", "2", "--quiet"]
+    signal_path = str(tmp_path / "paused")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    process = subprocess.Popen([sys.executable, "-c", _PAUSING_CONVERSION, signal_path, *arguments],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(signal_path) and time.time() < deadline:
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            time.sleep(0.05)
+        assert os.path.exists(signal_path), "the conversion did not reach its second video"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    left = sorted(os.listdir(output))
+    # Only hidden temporary shards: no `vid-*` file that a reader's glob would take.
+    assert left and all(name.startswith(".vid-") and ".tmp-" in name for name in left), left
+    assert not tf.io.gfile.glob(str(output / "vid") + "-*")
+
+    # A re-run completes, removes the killed run's temporaries, and writes the shards
+    # of an uninterrupted conversion.
+    assert convert_vid.main(arguments) == 0
+    assert sorted(os.listdir(output)) == ["vid-00000-of-00002", "vid-00001-of-00002"]
+    assert convert_vid.main([*arguments[:5], str(tmp_path / "reference" / "vid"), *arguments[6:]]) == 0
+    _, records = _records(str(output / "vid"))
+    _, reference = _records(str(tmp_path / "reference" / "vid"))
+    assert len(records) == 4 and records == reference

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -153,6 +155,11 @@ def test_corrupt_record_names_the_file_or_is_skipped_and_counted(dataset_dir, tm
     data[40] ^= 0xFF  # inside the first record's payload: its checksum fails
     open(broken, "wb").write(bytes(data))
     config = _config(directory, "val", input_path=broken, global_batch_size=0)
+    # The native reader (the default), its error explained by a checked pass.
+    with pytest.raises(pipeline.CorruptDataError, match="val-broken: corrupt record 0"):
+        list(pipeline.iterate(pipeline.build_dataset(config), config))
+    # The Python reader names it itself (its error reaches the caller as an OpError).
+    config.checked_reader = True
     with pytest.raises(tf.errors.OpError, match="val-broken: corrupt record 0"):
         list(pipeline.build_dataset(config))
     pipeline.READ_ERRORS.clear()
@@ -162,3 +169,32 @@ def test_corrupt_record_names_the_file_or_is_skipped_and_counted(dataset_dir, tm
     assert pipeline.READ_ERRORS == {broken: 1}
     assert {f["video_id"].numpy() for f in frames} == {synthetic.media_id("val", i).encode()
                                                         for i in range(2)}
+
+
+def test_corrupt_image_in_a_valid_record_names_file_video_and_frame_or_is_skipped(
+        dataset_dir, tmp_path):
+    from stmn_tf.data import schema
+
+    directory, _ = dataset_dir
+    source = tf.io.gfile.glob(f"{directory}/val-*")[0]
+    videos = [schema.video_from_serialized(r)
+              for r in tf.data.TFRecordDataset(source).as_numpy_iterator()]
+    good = videos[0]
+    frames = list(good.frames)
+    frames[2] = dataclasses.replace(frames[2], encoded=frames[2].encoded[:len(frames[2].encoded) // 2])
+    bad = dataclasses.replace(good, media_id="broken/video", frames=frames)
+    path = str(tmp_path / "val-badimage")
+    schema.write_tfrecord(path, [good, bad])  # valid records, checksums and all
+    config = _config(directory, "val", input_path=path, global_batch_size=0)
+    with pytest.raises(pipeline.CorruptDataError,
+                       match=r"val-badimage: record 1, video 'broken/video', frame 2 "
+                             r"\(image/timestamp \d+\): the image does not decode"):
+        list(pipeline.iterate(pipeline.build_dataset(config), config))
+    pipeline.READ_ERRORS.clear()
+    config.skip_corrupt = True
+    kept = {f["video_id"].numpy() for f in pipeline.build_dataset(config)}
+    assert kept == {good.media_id.encode()}
+    assert pipeline.READ_ERRORS == {path: 1}
+    assert pipeline.image_looks_complete(good.frames[0].encoded)
+    assert not pipeline.image_looks_complete(frames[2].encoded)
+    assert not pipeline.image_looks_complete(b"not an image")
