@@ -65,7 +65,7 @@ def test_zero_proposals_give_finite_losses_and_no_detections(stmn):
     assert np.isfinite(float(stmn.compute_losses(dict(clip, proposals=proposals))["total_loss"]))
     features = stmn.extract_features(tf.constant(batch["images"]))
     outputs = stmn.detect_from_features(features, tf.constant([SIZE, SIZE]), proposals=proposals)
-    n = stmn.max_detections
+    n = stmn.decoder.max_detections
     assert outputs["num_detections"].numpy().tolist() == [[0, 0]]
     assert outputs["detection_boxes"].shape == (1, 2, n, 4)
     assert not np.any(outputs["detection_boxes"].numpy())
@@ -81,14 +81,14 @@ def _frames(images):
 @pytest.mark.parametrize("online", [False, True])
 def test_no_detection_and_one_frame_videos_run_link_and_evaluate(config, stmn, online):
     images = make_clip(frames=3, height=SIZE, width=SIZE)["images"][0]
-    previous = stmn.score_threshold
-    stmn.score_threshold = 1.01  # above every softmax score: no detection anywhere
+    previous = stmn.decoder.score_threshold
+    stmn.decoder.score_threshold = 1.01  # above every softmax score: no detection anywhere
     try:
         runner = make_runner(stmn, config.eval, online=online, window=3, stride=1)
         empty = list(runner.run(_frames(images)))
         one = list(runner.run(_frames(images[:1])))
     finally:
-        stmn.score_threshold = previous
+        stmn.decoder.score_threshold = previous
     assert len(empty) == 3 and len(one) == 1
     for frame in empty + one:
         assert frame["boxes"].shape == (0, 4) and len(frame["scores"]) == 0

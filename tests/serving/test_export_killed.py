@@ -85,12 +85,12 @@ def test_exported_signatures_answer_empty_and_one_frame_inputs(exported, tmp_pat
     from stmn_tf.serving.export import export_saved_model
 
     model = exported.model
-    previous = model.score_threshold
-    model.score_threshold = 1.01
+    previous = model.decoder.score_threshold
+    model.decoder.score_threshold = 1.01
     try:
         path = export_saved_model(model, exported.config.eval_data.image_size, str(tmp_path / "e"))
     finally:
-        model.score_threshold = previous
+        model.decoder.score_threshold = previous
     loaded = tf.saved_model.load(path)
     frame = exported.frames[:1]  # [1, H, W, 3]
     clip = loaded.signatures["serving_default"](images=tf.constant(frame))
