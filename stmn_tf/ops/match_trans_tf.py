@@ -315,19 +315,14 @@ def _banded_align(layout, coefficients, memory):
     @tf.custom_gradient
     def align(memory):
         # Non-finite memory zeroed for the products (which would spread it over the
-        # tile), then NaN at the positions whose window holds it.
-        # The passes over the memory run only when it holds a non-finite value.
+        # tile), then NaN at the positions whose window holds it. Unconditional
+        # elementwise passes (no tf.cond): the exports' converters (tf2onnx) do not
+        # map a cond inside the memory's loop.
         bad_cells = ~tf.math.is_finite(tf.reduce_sum(memory - memory, axis=-1))  # [B, H, W]
-        any_bad = tf.reduce_any(bad_cells)
-        clean = tf.cond(any_bad,
-                        lambda: tf.where(tf.math.is_finite(memory), memory,
-                                         tf.zeros_like(memory)),
-                        lambda: memory)
+        clean = tf.where(tf.math.is_finite(memory), memory, tf.zeros_like(memory))
         out = _banded_sum(layout, coefficients, clean)  # [positions, D]
-        out = tf.cond(any_bad,
-                      lambda: tf.where(layout.window_any(bad_cells)[:, None],
-                                       tf.constant(np.nan, out.dtype), out),
-                      lambda: out)
+        out = tf.where(layout.window_any(bad_cells)[:, None],
+                       tf.constant(np.nan, out.dtype), out)
         out = layout.ungrid(out)
 
         def grad(upstream):
