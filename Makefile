@@ -26,7 +26,7 @@ ops: $(STAMP)
 	$(PY) setup.py -q build_ops --force
 
 test: install
-	$(PYTEST) tests
+	$(PYTEST) --durations=30 tests
 
 test-quick: install
 	$(PYTEST) -m "not slow" tests
