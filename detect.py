@@ -11,43 +11,35 @@ skipped and counted. The logic is stmn_tf/inference/detect_video.py.
 """
 
 import argparse
-import os
 import sys
+
+from stmn_tf import cli
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="experiment YAML (as for train.py)")
-    parser.add_argument("--checkpoint", required=True,
-                        help="a model directory (its latest checkpoint) or a checkpoint prefix")
+    cli.add_checkpoint_arguments(
+        parser, "a model directory (its latest checkpoint) or a checkpoint prefix")
     parser.add_argument("--input", required=True, help="a video file (mp4, avi, ...) or a folder of frames")
     parser.add_argument("--output-dir", required=True, help="where the outputs go")
     parser.add_argument("--json", default=None, help="detections JSON (default OUTPUT_DIR/detections.json)")
     parser.add_argument("--video", default=None, help="annotated mp4 (default OUTPUT_DIR/annotated.mp4)")
     parser.add_argument("--saliency", action="store_true", help="also write OUTPUT_DIR/saliency.png")
-    parser.add_argument("--window", type=int, default=None, help="window length T (eval.window)")
-    parser.add_argument("--stride", type=int, default=None, help="sub-sequence stride (eval.stride)")
-    parser.add_argument("--batch-windows", type=int, default=None, help="windows per model call")
-    parser.add_argument("--linking", default=None, choices=("seq_nms", "viterbi", "none"),
-                        help="temporal linking (eval.linking)")
-    parser.add_argument("--online", action="store_true", help="forward-only online mode")
+    cli.add_video_arguments(parser)
     parser.add_argument("--min-score", type=float, default=0.01, help="JSON score threshold")
     parser.add_argument("--draw-score", type=float, default=0.3, help="drawing score threshold")
-    parser.add_argument("--params-override", default="", help='e.g. "eval.stride=10"')
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli.add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from stmn_tf import configs
+    config = cli.load_config("detect.py", args.config, args.params_override)
     from stmn_tf.inference import detect_video
     from stmn_tf.inference.frames import open_frame_source
     from stmn_tf.training.checkpointing import restore_model
 
     try:
-        config = configs.load_config(args.config, args.params_override)
         open_frame_source(args.input)  # fails fast, before the model is built
         model, _ = restore_model(config, args.checkpoint)
         result = detect_video.detect_video(
@@ -56,7 +48,7 @@ def main(argv=None):
             stride=args.stride, linking=args.linking, online=args.online,
             batch_windows=args.batch_windows, min_score=args.min_score,
             draw_score=args.draw_score, progress=not args.no_progress)
-    except (configs.ConfigError, FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:
         sys.exit(f"detect.py: error: {e}")
     skipped = result["skipped_frames"]
     print(f"{result['num_frames']} frames, {len(skipped)} corrupt frames skipped"

@@ -19,26 +19,20 @@ import json
 import os
 import sys
 
+from stmn_tf import cli
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="experiment YAML (as for train.py)")
-    parser.add_argument("--checkpoint", required=True,
-                        help="the STMN (or R-FCN) model directory or checkpoint prefix")
+    cli.add_checkpoint_arguments(parser, "the STMN (or R-FCN) model directory or checkpoint prefix")
     parser.add_argument("--static-checkpoint", default=None,
                         help="the static R-FCN's model directory or checkpoint prefix")
     parser.add_argument("--data", default=None, help="eval records (default: eval_data.input_path)")
     parser.add_argument("--output", default=None, help="write the metrics as JSON here")
-    parser.add_argument("--window", type=int, default=None, help="window length T (eval.window)")
-    parser.add_argument("--stride", type=int, default=None, help="sub-sequence stride (eval.stride)")
+    cli.add_video_arguments(parser)
     parser.add_argument("--step", type=int, default=None, help="window step (eval.window_step)")
-    parser.add_argument("--batch-windows", type=int, default=None, help="windows per model call")
-    parser.add_argument("--linking", default=None, choices=("seq_nms", "viterbi", "none"),
-                        help="temporal linking (eval.linking)")
-    parser.add_argument("--online", action="store_true", help="forward-only online mode")
     parser.add_argument("--max-videos", type=int, default=None, help="first N videos only")
-    parser.add_argument("--params-override", default="", help='e.g. "eval.stride=10"')
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli.add_run_arguments(parser)
     parser.add_argument("--write-detections", default=None,
                         help="write the last method's detections (each method's with {method} "
                              "in FILE) as a devkit detection file")
@@ -50,15 +44,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from stmn_tf import configs
+    config = cli.load_config("evaluate.py", args.config, args.params_override)
     from stmn_tf.data import synthetic
     from stmn_tf.evaluation import run
 
-    try:
-        config = configs.load_config(args.config, args.params_override)
-    except configs.ConfigError as e:
-        sys.exit(f"evaluate.py: {e}")
     if not args.data:
         config = synthetic.resolve_synthetic_data(config)
     try:

@@ -18,6 +18,8 @@ import argparse
 import os
 import sys
 
+from stmn_tf import cli
+
 FORMATS = ("saved_model", "onnx", "tflite")
 
 
@@ -55,8 +57,6 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from stmn_tf.configs import ConfigError
-    from stmn_tf.configs import load_config
     from stmn_tf.ops.match_trans_op import OpLibraryError
     from stmn_tf.serving.export import ExportError
     from stmn_tf.serving.export import export_saved_model
@@ -67,10 +67,7 @@ def main(argv=None):
         config_path = os.path.join(args.checkpoint, "config.yaml")
         if not os.path.exists(config_path):
             sys.exit(f"export.py: no --config given and no {config_path}")
-    try:
-        config = load_config(config_path, args.params_override)
-    except ConfigError as e:
-        sys.exit(f"export.py: {e}")
+    config = cli.load_config("export.py", config_path, args.params_override)
     if os.path.exists(os.path.join(args.output, str(args.version))) and not args.overwrite:
         # Checked before building the model: the common mistake costs no time.
         sys.exit(f"export.py: {args.output}/{args.version} exists; pass --overwrite to replace it")

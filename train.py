@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 
+from stmn_tf import cli
 from stmn_tf.training.distribution import STRATEGIES
 
 
@@ -43,15 +44,11 @@ def main(argv=None):
 
     distribution.configure_cpu_replicas(args.cpu_replicas)
 
-    from stmn_tf import configs
+    config = cli.load_config("train.py", args.config, args.params_override)
     from stmn_tf.data import synthetic
     from stmn_tf.training import checkpointing
     from stmn_tf.training import trainer
 
-    try:
-        config = configs.load_config(args.config, args.params_override)
-    except configs.ConfigError as e:
-        sys.exit(f"train.py: {e}")
     config = synthetic.resolve_synthetic_data(config)
     strategy = distribution.select_strategy(args.strategy)
     try:

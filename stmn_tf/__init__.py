@@ -27,7 +27,7 @@ import threading
 __version__ = "0.1.0"
 
 _SUBPACKAGES = ("data", "evaluation", "inference", "layers", "models", "ops", "serving", "training")
-_SUBMODULES = ("ablation", "configs", "demo", "variants")
+_SUBMODULES = ("ablation", "cli", "configs", "demo", "variants")
 # The modules whose import registers every `stmn_tf>...` class: the layers, the
 # models (RPN, heads, backbone, detectors) and the learning-rate schedule.
 _SERIALISABLE_MODULES = ("stmn_tf.layers", "stmn_tf.models", "stmn_tf.training.optimization")

@@ -73,9 +73,9 @@ def test_load_model_after_import_stmn_tf_alone(tmp_path):
     """The issue's command, in a fresh process, on a model saved with the layers."""
     run(textwrap.dedent("""
         import keras, numpy as np
-        from stmn_tf.layers import BidirectionalSTMM
+        from stmn_tf.layers import STMM, BidirectionalSTMM
         inputs = keras.Input((2, 8, 8, 4))
-        outputs = BidirectionalSTMM(3, k=1, implementation="tf")(inputs)
+        outputs = BidirectionalSTMM(STMM(3, k=1, implementation="tf"))(inputs)
         model = keras.Model(inputs, outputs)
         x = np.random.default_rng(0).normal(size=(1, 2, 8, 8, 4)).astype("float32")
         np.save("x.npy", x)

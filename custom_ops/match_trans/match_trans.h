@@ -283,6 +283,34 @@ inline void CoefficientsAt(const T* features, const T* prev_features, const A* p
 // neighbours stream through, one contiguous block of each neighbour at a time.
 constexpr int kDepthBlock = 64;
 
+// out[d] = sum over the offsets (dy, dx) in [dy0, dy1] x [dx0, dx1] of
+// c(dy, dx) * v(dy, dx)[d], d < D, where `term(dy, dx, &v)` returns c and points v at a
+// D-vector: kDepthBlock channels at a time, so that the partial sums stay in registers.
+template <typename T, typename A, typename Term>
+inline void WeightedWindowSum(int dy0, int dy1, int dx0, int dx1, int64_t D, Term term,
+                              T* out) {
+  for (int64_t d0 = 0; d0 < D; d0 += kDepthBlock) {
+    const int64_t n = D - d0 < kDepthBlock ? D - d0 : kDepthBlock;
+    A acc[kDepthBlock];
+    for (int j = 0; j < kDepthBlock; ++j) acc[j] = A(0);
+    for (int dy = dy0; dy <= dy1; ++dy) {
+      for (int dx = dx0; dx <= dx1; ++dx) {
+        const T* v = nullptr;
+        const A c = term(dy, dx, &v);
+        if (c == A(0)) continue;  // most of a window is often zero after the ReLU
+        v += d0;
+        if (n == kDepthBlock) {
+          STMN_SIMD
+          for (int j = 0; j < kDepthBlock; ++j) acc[j] += c * static_cast<A>(v[j]);
+        } else {
+          for (int64_t j = 0; j < n; ++j) acc[j] += c * static_cast<A>(v[j]);
+        }
+      }
+    }
+    for (int64_t j = 0; j < n; ++j) out[d0 + j] = static_cast<T>(acc[j]);
+  }
+}
+
 // aligned[d] = sum_o coef[o] * prev_memory(p + o)[d] for position (y, x); all NaN
 // when a memory vector of the window is not finite (`memory_flags`: this image's
 // [H, W] of MemoryFlag), even where its coefficient is 0 and the sum skips it.
@@ -297,25 +325,10 @@ inline void AlignAt(const T* coef, const T* prev_memory, const A* memory_flags, 
   int dy0, dy1, dx0, dx1;
   ForwardWindow(y, H, k, &dy0, &dy1);
   ForwardWindow(x, W, k, &dx0, &dx1);
-  for (int64_t d0 = 0; d0 < D; d0 += kDepthBlock) {
-    const int64_t n = D - d0 < kDepthBlock ? D - d0 : kDepthBlock;
-    A acc[kDepthBlock];
-    for (int j = 0; j < kDepthBlock; ++j) acc[j] = A(0);
-    for (int dy = dy0; dy <= dy1; ++dy) {
-      for (int dx = dx0; dx <= dx1; ++dx) {
-        const A c = static_cast<A>(coef[(dy + k) * K + (dx + k)]);
-        if (c == A(0)) continue;  // most of a window is often zero after the ReLU
-        const T* m = prev_memory + ((y + dy) * W + (x + dx)) * D + d0;
-        if (n == kDepthBlock) {
-          STMN_SIMD
-          for (int j = 0; j < kDepthBlock; ++j) acc[j] += c * static_cast<A>(m[j]);
-        } else {
-          for (int64_t j = 0; j < n; ++j) acc[j] += c * static_cast<A>(m[j]);
-        }
-      }
-    }
-    for (int64_t j = 0; j < n; ++j) aligned[d0 + j] = static_cast<T>(acc[j]);
-  }
+  WeightedWindowSum<T, A>(dy0, dy1, dx0, dx1, D, [&](int dy, int dx, const T** v) {
+    *v = prev_memory + ((y + dy) * W + (x + dx)) * D;
+    return static_cast<A>(coef[(dy + k) * K + (dx + k)]);
+  }, aligned);
 }
 
 // Gradient of the aligned memory with respect to prev_memory at source position
@@ -328,26 +341,11 @@ inline void AlignGradAt(const T* coefficients, const T* grad_aligned, int64_t H,
   int dy0, dy1, dx0, dx1;
   GradWindow(y, H, k, &dy0, &dy1);
   GradWindow(x, W, k, &dx0, &dx1);
-  for (int64_t d0 = 0; d0 < D; d0 += kDepthBlock) {
-    const int64_t n = D - d0 < kDepthBlock ? D - d0 : kDepthBlock;
-    A acc[kDepthBlock];
-    for (int j = 0; j < kDepthBlock; ++j) acc[j] = A(0);
-    for (int dy = dy0; dy <= dy1; ++dy) {
-      for (int dx = dx0; dx <= dx1; ++dx) {
-        const int64_t p = (y - dy) * W + (x - dx);
-        const A c = static_cast<A>(coefficients[p * K2 + (dy + k) * K + (dx + k)]);
-        if (c == A(0)) continue;
-        const T* g = grad_aligned + p * D + d0;
-        if (n == kDepthBlock) {
-          STMN_SIMD
-          for (int j = 0; j < kDepthBlock; ++j) acc[j] += c * static_cast<A>(g[j]);
-        } else {
-          for (int64_t j = 0; j < n; ++j) acc[j] += c * static_cast<A>(g[j]);
-        }
-      }
-    }
-    for (int64_t j = 0; j < n; ++j) grad[d0 + j] = static_cast<T>(acc[j]);
-  }
+  WeightedWindowSum<T, A>(dy0, dy1, dx0, dx1, D, [&](int dy, int dx, const T** v) {
+    const int64_t p = (y - dy) * W + (x - dx);
+    *v = grad_aligned + p * D;
+    return static_cast<A>(coefficients[p * K2 + (dy + k) * K + (dx + k)]);
+  }, grad);
 }
 
 // Generic path over a whole batch, for the GPU check's host reference: the same

@@ -69,6 +69,18 @@ __device__ __forceinline__ WarpLoop Warps() {
   return w;
 }
 
+// |v| + 1e-8 of the C-vector v, summed by one warp (every lane gets it): the
+// denominator factor of the cosine, as NormPlusEpsilon on the CPU.
+template <typename A, typename T>
+__device__ __forceinline__ A WarpNorm(const T* v, int64_t C, int lane) {
+  A squares = A(0);
+  for (int64_t c = lane; c < C; c += kWarp) {
+    const A t = Load<A>(v + c);
+    squares += t * t;
+  }
+  return NormFromSquaredSum<A>(WarpSum(squares));
+}
+
 // One dynamic shared buffer for all kernels, aligned for double.
 extern __shared__ __align__(sizeof(double)) unsigned char shared_bytes[];
 
@@ -80,13 +92,7 @@ __global__ void MatchTransPrevNorms(Dims dims, const T* __restrict__ prev_featur
   const WarpLoop w = Warps();
   const int64_t n = dims.positions(), C = dims.channels, D = dims.depth;
   for (int64_t i = w.first; i < n; i += w.stride) {  // warp-uniform
-    const T* v = prev_features + i * C;
-    A squares = A(0);
-    for (int64_t c = w.lane; c < C; c += kWarp) {
-      const A t = Load<A>(v + c);
-      squares += t * t;
-    }
-    const A norm = NormFromSquaredSum<A>(WarpSum(squares));
+    const A norm = WarpNorm<A>(prev_features + i * C, C, w.lane);
     const T* m = prev_memory + i * D;
     A flag = A(0);
     for (int64_t d = w.lane; d < D; d += kWarp) {
@@ -123,12 +129,7 @@ __global__ void MatchTransForward(Dims dims, const T* __restrict__ features,
     const A* norms_image = prev_norms + b * HW;
     const A* flags_image = memory_flags + b * HW;
 
-    A squares = A(0);
-    for (int64_t c = w.lane; c < C; c += kWarp) {
-      const A t = Load<A>(f + c);
-      squares += t * t;
-    }
-    const A norm_f = NormFromSquaredSum<A>(WarpSum(squares));
+    const A norm_f = WarpNorm<A>(f, C, w.lane);
     for (int o = w.lane; o < K2; o += kWarp) window[o] = A(0);  // out of bounds: 0
     __syncwarp();
 

@@ -476,14 +476,17 @@ class MatchTransGradOp : public OpKernel {
   int k_;
 };
 
-#define REGISTER_CPU(T)                                                             \
-  REGISTER_KERNEL_BUILDER(                                                          \
-      Name("Stmn>MatchTrans").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
-      MatchTransOp<match_trans::CPUDevice, T>);                                     \
-  REGISTER_KERNEL_BUILDER(Name("Stmn>MatchTransGrad")                               \
-                              .Device(::tensorflow::DEVICE_CPU)                     \
-                              .TypeConstraint<T>("T"),                              \
-                          MatchTransGradOp<match_trans::CPUDevice, T>);
+// The forward and gradient kernels of one device type and element type.
+#define REGISTER_KERNELS(DEVICE_TYPE, DEVICE_CLASS, T)                                 \
+  REGISTER_KERNEL_BUILDER(                                                              \
+      Name("Stmn>MatchTrans").Device(::tensorflow::DEVICE_TYPE).TypeConstraint<T>("T"), \
+      MatchTransOp<DEVICE_CLASS, T>);                                                   \
+  REGISTER_KERNEL_BUILDER(Name("Stmn>MatchTransGrad")                                   \
+                              .Device(::tensorflow::DEVICE_TYPE)                        \
+                              .TypeConstraint<T>("T"),                                  \
+                          MatchTransGradOp<DEVICE_CLASS, T>);
+
+#define REGISTER_CPU(T) REGISTER_KERNELS(DEVICE_CPU, match_trans::CPUDevice, T)
 REGISTER_CPU(Eigen::half);
 REGISTER_CPU(float);
 REGISTER_CPU(double);
@@ -500,18 +503,12 @@ DECLARE_GPU(double);
 #undef DECLARE_GPU
 }  // namespace match_trans
 
-#define REGISTER_GPU(T)                                                             \
-  REGISTER_KERNEL_BUILDER(                                                          \
-      Name("Stmn>MatchTrans").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
-      MatchTransOp<match_trans::GPUDevice, T>);                                     \
-  REGISTER_KERNEL_BUILDER(Name("Stmn>MatchTransGrad")                               \
-                              .Device(::tensorflow::DEVICE_GPU)                     \
-                              .TypeConstraint<T>("T"),                              \
-                          MatchTransGradOp<match_trans::GPUDevice, T>);
+#define REGISTER_GPU(T) REGISTER_KERNELS(DEVICE_GPU, match_trans::GPUDevice, T)
 REGISTER_GPU(Eigen::half);
 REGISTER_GPU(float);
 REGISTER_GPU(double);
 #undef REGISTER_GPU
 #endif  // GOOGLE_CUDA
+#undef REGISTER_KERNELS
 
 }  // namespace stmn

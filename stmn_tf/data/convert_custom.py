@@ -120,10 +120,9 @@ def convert_custom(root, annotations, output_prefix, format="auto", num_shards=N
                    skip_errors=False, workers=1, quiet=False):
     """Converts the videos of one JSON file; returns the statistics dict and class names."""
     classes, tasks = load(root, annotations, format)
-    build = functools.partial(build_video, classes=tuple(classes))
-    stats = convert_lib.convert(tasks, build, output_prefix, num_shards=num_shards,
-                                skip_errors=skip_errors, workers=workers,
-                                description="videos", quiet=quiet)
+    stats = convert_lib.convert_classes(tasks, build_video, output_prefix, classes, "videos",
+                                        num_shards=num_shards, skip_errors=skip_errors,
+                                        workers=workers, quiet=quiet)
     stats["classes"] = list(classes)
     return stats
 

@@ -82,27 +82,18 @@ def convert_det(root, split, output_prefix, num_shards=None, skip_errors=False, 
     Images without VID objects are counted under skipped_videos with the reason
     "no VID object" (they are not errors).
     """
-    tasks = list_images(root, split, image_set)
-    build = functools.partial(build_image, classes=tuple(classes))
-    return convert_lib.convert(tasks, build, output_prefix, num_shards=num_shards,
-                               skip_errors=skip_errors, workers=workers,
-                               description=f"DET {split}", quiet=quiet)
+    return convert_lib.convert_classes(list_images(root, split, image_set), build_image,
+                                       output_prefix, classes, f"DET {split}",
+                                       num_shards=num_shards, skip_errors=skip_errors,
+                                       workers=workers, quiet=quiet)
 
 
 def run(argv=None):
     parser = convert_lib.make_parser(__doc__.splitlines()[0])
-    parser.add_argument("--root", required=True, help="the ILSVRC2015 folder")
-    parser.add_argument("--split", required=True, help="train or val (a folder under Data/DET)")
+    convert_lib.add_ilsvrc_arguments(parser, "DET")
     parser.add_argument("--image-set", default=None, help="only the images this list names")
-    parser.add_argument("--classes", default=None,
-                        help="class list, 'synset name' a line (default: the 30 VID classes)")
-    convert_lib.add_common_arguments(parser)
     args = parser.parse_args(argv)
-    classes = vid_classes.read_class_file(args.classes) if args.classes else vid_classes.VID_CLASSES
-    stats = convert_det(args.root, args.split, args.output, args.num_shards, args.skip_errors,
-                        args.workers, args.image_set, classes, args.quiet)
-    convert_lib.report(stats)
-    return 0
+    return convert_lib.run_ilsvrc(args, convert_det, image_set=args.image_set)
 
 
 def main(argv=None):

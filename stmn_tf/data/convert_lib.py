@@ -10,6 +10,7 @@ import argparse
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import glob
 import math
 import multiprocessing
@@ -20,6 +21,7 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 
 from stmn_tf.data import schema
+from stmn_tf.data import vid_classes
 
 FRAMES_PER_SHARD = 10000  # about 1 GB of VID JPEGs per shard
 
@@ -348,6 +350,36 @@ def add_common_arguments(parser):
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="worker processes reading files (default: min(8, cores))")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_ilsvrc_arguments(parser, task):
+    """Adds --root, --split and --classes of the ILSVRC2015 converters (`task`: VID or DET),
+    then the common arguments."""
+    parser.add_argument("--root", required=True, help="the ILSVRC2015 folder")
+    parser.add_argument("--split", required=True, help=f"train or val (a folder under Data/{task})")
+    parser.add_argument("--classes", default=None,
+                        help="class list, 'synset name' a line (default: the 30 VID classes)")
+    add_common_arguments(parser)
+
+
+def convert_classes(tasks, build_fn, output_prefix, classes, description, num_shards=None,
+                    skip_errors=False, workers=1, quiet=False):
+    """`convert` with `build_fn(task, skip_errors, classes=...)` given the class list (a
+    tuple, so that it travels to the worker processes)."""
+    build = functools.partial(build_fn, classes=tuple(classes))
+    return convert(tasks, build, output_prefix, num_shards=num_shards, skip_errors=skip_errors,
+                   workers=workers, description=description, quiet=quiet)
+
+
+def run_ilsvrc(args, convert_fn, **options):
+    """Runs `convert_fn(root, split, output, ..., classes=, **options)` on the arguments of
+    `add_ilsvrc_arguments` and prints the report; returns the exit code 0."""
+    classes = vid_classes.read_class_file(args.classes) if args.classes else vid_classes.VID_CLASSES
+    stats = convert_fn(args.root, args.split, args.output, num_shards=args.num_shards,
+                       skip_errors=args.skip_errors, workers=args.workers, classes=classes,
+                       quiet=args.quiet, **options)
+    report(stats)
+    return 0
 
 
 def report(stats, stream=None):

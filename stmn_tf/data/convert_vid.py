@@ -111,26 +111,15 @@ def build_video(task, skip_errors, classes=vid_classes.VID_CLASSES):
 def convert_vid(root, split, output_prefix, num_shards=None, skip_errors=False, workers=1,
                 classes=vid_classes.VID_CLASSES, quiet=False):
     """Converts one split; returns `convert_lib.convert`'s statistics dict."""
-    tasks = list_videos(root, split)
-    build = functools.partial(build_video, classes=tuple(classes))
-    return convert_lib.convert(tasks, build, output_prefix, num_shards=num_shards,
-                               skip_errors=skip_errors, workers=workers,
-                               description=f"VID {split}", quiet=quiet)
+    return convert_lib.convert_classes(list_videos(root, split), build_video, output_prefix,
+                                       classes, f"VID {split}", num_shards=num_shards,
+                                       skip_errors=skip_errors, workers=workers, quiet=quiet)
 
 
 def run(argv=None):
     parser = convert_lib.make_parser(__doc__.splitlines()[0])
-    parser.add_argument("--root", required=True, help="the ILSVRC2015 folder")
-    parser.add_argument("--split", required=True, help="train or val (a folder under Data/VID)")
-    parser.add_argument("--classes", default=None,
-                        help="class list, 'synset name' a line (default: the 30 VID classes)")
-    convert_lib.add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    classes = vid_classes.read_class_file(args.classes) if args.classes else vid_classes.VID_CLASSES
-    stats = convert_vid(args.root, args.split, args.output, args.num_shards, args.skip_errors,
-                        args.workers, classes, args.quiet)
-    convert_lib.report(stats)
-    return 0
+    convert_lib.add_ilsvrc_arguments(parser, "VID")
+    return convert_lib.run_ilsvrc(parser.parse_args(argv), convert_vid)
 
 
 def main(argv=None):

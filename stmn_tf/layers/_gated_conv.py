@@ -98,16 +98,10 @@ class GatedConvCell(keras.layers.Layer):
             raise ValueError(
                 f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
             )
-        self.filters = filters
-        self.kernel_size = kernel_size
-        self.k = k
-        self.align = align
-        self.input_scale = input_scale
-        self.implementation = implementation
-        self.kernel_initializer = kernel_initializer
-        self.recurrent_initializer = recurrent_initializer
-        self.bias_initializer = bias_initializer
-        self.affinity_power = affinity_power
+        # Every argument under its own name; ARGUMENTS is also what get_config writes.
+        arguments = locals()
+        for name in GatedConvCell.ARGUMENTS:
+            setattr(self, name, arguments[name])
         # Like ConvLSTMCell: the state shapes depend on the input's spatial size, so
         # they are not given as integers (the recurrent layers build them from the
         # input; see `get_initial_state` for the plain `keras.layers.RNN` path).

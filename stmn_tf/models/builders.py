@@ -135,11 +135,12 @@ def build_memory(config):
     )
     if cell == "stmm":
         common["std_multiplier"] = config.std_multiplier
-    if config.direction == "bidirectional":
-        return BidirectionalSTMM(config.filters, cell=cell, name="memory", **common)
     if cell not in ("stmm", "convgru"):
         raise ValueError(f"memory.cell must be 'stmm' or 'convgru', got {cell!r}")
     layer = STMM if cell == "stmm" else ConvGRU
+    if config.direction == "bidirectional":
+        # The forward direction; BidirectionalSTMM adds its backward copy.
+        return BidirectionalSTMM(layer(config.filters, **common), name="memory")
     return layer(2 * config.filters, name="memory", **common)
 
 

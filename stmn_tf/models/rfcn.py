@@ -16,11 +16,11 @@ class RFCN(TwoStageDetector):
     of C+1 class maps and 4 box maps, voting). The RPN sits on `F_t`.
 
     Args:
-      backbone, features, rpn_head, proposal_generator, anchor_labeler, roi_sampler,
-        rfcn_head, decoder: the parts (see `TwoStageDetector`).
       head_conv: the 3x3 conv + ReLU between `F_t` and the R-FCN head
         (`keras.layers.Conv2D`, `same` padding; 1024 channels in the paper).
-      **kwargs: `keras.Model` arguments.
+      **kwargs: the parts `backbone`, `features`, `rpn_head`, `proposal_generator`,
+        `anchor_labeler`, `roi_sampler`, `rfcn_head`, `decoder` (see
+        `TwoStageDetector`), and `keras.Model` arguments.
 
     Call arguments:
       inputs: dict with `images` `[B, T, H, W, 3]` RGB in [0, 255] (and optionally
@@ -40,10 +40,9 @@ class RFCN(TwoStageDetector):
 
     HEAD_PART = ("head_conv", "head_conv")
 
-    def __init__(self, backbone, features, rpn_head, proposal_generator, anchor_labeler,
-                 roi_sampler, rfcn_head, decoder, head_conv, **kwargs):
-        super().__init__(backbone, features, rpn_head, proposal_generator, anchor_labeler,
-                         roi_sampler, rfcn_head, decoder, **kwargs)
+    def __init__(self, head_conv, **kwargs):
+        # kwargs: the parts, by name, and the keras.Model arguments (TwoStageDetector's).
+        super().__init__(**kwargs)
         self.head_conv = head_conv
         self.build_by_running()
 

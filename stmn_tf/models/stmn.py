@@ -24,15 +24,15 @@ class STMN(TwoStageDetector):
     initialises it from a trained `RFCN` (paper Sec. 3.2).
 
     Args:
-      backbone, features, rpn_head, proposal_generator, anchor_labeler, roi_sampler,
-        rfcn_head, decoder: the parts (see `TwoStageDetector`).
       memory: the memory over `[B, T, h, w, C]` that returns `[B, T, h, w, D]`: a
         `BidirectionalSTMM` (the paper's: forward and backward memories of D / 2
         channels each, concatenated, built as `keras.layers.Bidirectional` is from
         its two direction layers), or a forward-only `STMM` / `ConvGRU` of D channels
         (online use; the layers after it keep their shapes). Its cells hold the cell
         type, MatchTrans (`align`, `k`), BN*'s K and the input scale `s`.
-      **kwargs: `keras.Model` arguments.
+      **kwargs: the parts `backbone`, `features`, `rpn_head`, `proposal_generator`,
+        `anchor_labeler`, `roi_sampler`, `rfcn_head`, `decoder` (see
+        `TwoStageDetector`), and `keras.Model` arguments.
 
     Call arguments:
       inputs: dict with `images` `[B, T, H, W, 3]` RGB in [0, 255] (and optionally
@@ -49,15 +49,14 @@ class STMN(TwoStageDetector):
 
     HEAD_PART = ("memory", "memory_layer")
 
-    def __init__(self, backbone, features, rpn_head, proposal_generator, anchor_labeler,
-                 roi_sampler, rfcn_head, decoder, memory, **kwargs):
+    def __init__(self, memory, **kwargs):
         if not isinstance(memory, (BidirectionalSTMM, STMM, ConvGRU)):
             raise ValueError(
                 f"memory must be a BidirectionalSTMM, STMM or ConvGRU layer, got "
                 f"{type(memory).__name__}"
             )
-        super().__init__(backbone, features, rpn_head, proposal_generator, anchor_labeler,
-                         roi_sampler, rfcn_head, decoder, **kwargs)
+        # kwargs: the parts, by name, and the keras.Model arguments (TwoStageDetector's).
+        super().__init__(**kwargs)
         self.memory_layer = memory
         self.build_by_running()
 

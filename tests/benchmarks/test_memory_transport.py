@@ -9,6 +9,7 @@ import pytest
 
 from stmn_tf import ops
 from stmn_tf.layers import BidirectionalSTMM
+from tests.ops.match_trans_reference import numpy_match_trans
 
 _PATH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "memory_transport.py")
 _spec = importlib.util.spec_from_file_location("memory_transport", _PATH)
@@ -104,31 +105,13 @@ def test_authors_affinity_is_the_layers_coefficients(rng):
 
 
 def _numpy_coefficients(f, fp, k, affinity, power):
-    """Reference: explicit loops over positions and offsets."""
+    """The op's NumPy reference on the inputs of `affinity`: "centred" takes each map's
+    mean off first (power 1), "power" raises the affinities to `power`."""
     if affinity == "centred":
         f = f - f.mean(axis=(1, 2), keepdims=True)
         fp = fp - fp.mean(axis=(1, 2), keepdims=True)
-    b_, h, w, _ = f.shape
-    side = 2 * k + 1
-    out = np.zeros((b_, h, w, side * side))
-    for b in range(b_):
-        for y in range(h):
-            for x in range(w):
-                for dy in range(-k, k + 1):
-                    for dx in range(-k, k + 1):
-                        yy, xx = y + dy, x + dx
-                        if 0 <= yy < h and 0 <= xx < w:
-                            u, v = f[b, y, x], fp[b, yy, xx]
-                            cos = u @ v / ((np.linalg.norm(u) + 1e-8) * (np.linalg.norm(v) + 1e-8))
-                            a = max(cos, 0.0)
-                            out[b, y, x, (dy + k) * side + dx + k] = a**power if affinity == "power" else a
-                mass = out[b, y, x].sum()
-                if mass < 1e-7:
-                    out[b, y, x] = 0.0
-                    out[b, y, x, k * side + k] = 1.0
-                else:
-                    out[b, y, x] /= mass
-    return out
+        power = 1.0
+    return numpy_match_trans(f, fp, np.zeros(f.shape[:3] + (1,)), k, power)[1]
 
 
 def test_centred_coefficients_match_numpy(rng):

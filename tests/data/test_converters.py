@@ -12,6 +12,7 @@ from stmn_tf.data import convert_lib
 from stmn_tf.data import convert_vid
 from stmn_tf.data import schema
 from stmn_tf.data import synthetic
+from tests import killing
 from tests.data import helpers
 
 AIRPLANE, ZEBRA = "n02691156", "n02391049"
@@ -228,31 +229,14 @@ sys.exit(convert_vid.main(sys.argv[2:]))
 
 
 def test_sigkill_during_conversion_leaves_no_shard_and_a_rerun_completes(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
     root = str(tmp_path / "root")
     for name in ("a", "b", "c", "d"):
         helpers.write_vid_snippet(root, "train", name, [[(AIRPLANE, 1, 2, 10, 12, 0)]] * 2)
     output = tmp_path / "out"
     arguments = ["--root", root, "--split", "train", "--output", str(output / "vid"),
                  "--num-shards", "2", "--quiet"]
-    signal_path = str(tmp_path / "paused")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    process = subprocess.Popen([sys.executable, "-c", _PAUSING_CONVERSION, signal_path, *arguments],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 120
-        while not os.path.exists(signal_path) and time.time() < deadline:
-            assert process.poll() is None, process.stdout.read()[-3000:]
-            time.sleep(0.05)
-        assert os.path.exists(signal_path), "the conversion did not reach its second video"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    killing.kill_when_paused(_PAUSING_CONVERSION, arguments, str(tmp_path / "paused"), 120,
+                             "the conversion did not reach its second video")
     left = sorted(os.listdir(output))
     # Only hidden temporary shards: no `vid-*` file that a reader's glob would take.
     assert left and all(name.startswith(".vid-") and ".tmp-" in name for name in left), left

@@ -35,8 +35,9 @@ def test_match_trans_layer_matches_reference(implementation, rng):
 
 @pytest.mark.parametrize("cell", ["stmm", "convgru"])
 def test_bidirectional_stmm_matches_reference(cell, rng):
-    layer = BidirectionalSTMM(F, cell=cell, k=1, affinity_power=4.0, implementation="tf",
-                              dtype="float64")
+    direction = {"stmm": STMM, "convgru": ConvGRU}[cell]
+    layer = BidirectionalSTMM(direction(F, k=1, align=True, affinity_power=4.0,
+                                        implementation="tf"), dtype="float64")
     clip = relu_clip(rng)
     layer.build(clip.shape)
     forward, backward = ref.random_weights(rng, C, F), ref.random_weights(rng, C, F)
@@ -59,19 +60,29 @@ def _round_trip(layer, clip):
     return clone
 
 
-@pytest.mark.parametrize("cls", [STMM, ConvGRU, BidirectionalSTMM])
-def test_config_round_trip_and_old_configs(cls, rng):
+def _bidirectional(filters, **kwargs):
+    return BidirectionalSTMM(STMM(filters, **kwargs))
+
+
+@pytest.mark.parametrize("make", [STMM, ConvGRU, _bidirectional])
+def test_config_round_trip_and_old_configs(make, rng):
     clip = relu_clip(rng).astype("float32")
-    layer = cls(F, k=1, align=True, affinity_power=2.5, implementation="tf")
-    assert layer.get_config()["affinity_power"] == 2.5
+    layer = make(F, k=1, align=True, affinity_power=2.5, implementation="tf")
+    config = layer.get_config()
+    assert config.get("layer", {"config": config})["config"]["affinity_power"] == 2.5
     clone = _round_trip(layer, clip)
     np.testing.assert_array_equal(layer(clip), clone(clip))
-    config = layer.get_config()
-    del config["affinity_power"]  # saved before the option existed
-    old = cls.from_config(config)
+    if make is _bidirectional:
+        # BidirectionalSTMM's keyword-form config, as saved before both the option and
+        # the direction layers existed.
+        config = {"name": "memory", "trainable": True, "filters": F, "cell": "stmm", "k": 1,
+                  "align": True, "implementation": "tf"}
+    else:
+        del config["affinity_power"]  # saved before the option existed
+    old = type(layer).from_config(config)
     old.build(clip.shape)
     old.set_weights(layer.get_weights())
-    authors = cls(F, k=1, align=True, implementation="tf")
+    authors = make(F, k=1, align=True, implementation="tf")
     authors.build(clip.shape)
     authors.set_weights(layer.get_weights())
     np.testing.assert_array_equal(old(clip), authors(clip))  # the default: 1.0
@@ -97,8 +108,8 @@ def test_bad_power_fails_at_construction(make, power):
 def test_saved_model_file_round_trip(rng, tmp_path):
     clip = relu_clip(rng).astype("float32")
     inputs = keras.Input((None, None, None, C))
-    model = keras.Model(inputs, BidirectionalSTMM(F, k=1, affinity_power=4.0,
-                                                  implementation="tf")(inputs))
+    model = keras.Model(inputs, _bidirectional(F, k=1, affinity_power=4.0,
+                                               implementation="tf")(inputs))
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.models.load_model(path)

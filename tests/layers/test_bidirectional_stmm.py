@@ -2,13 +2,14 @@
 
 import importlib
 import itertools
+import os
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from stmn_tf.layers import STMM, BidirectionalSTMM
+from stmn_tf.layers import STMM, BidirectionalSTMM, ConvGRU
 from stmn_tf.ops import custom_op_available
 from stmn_tf.ops.bn_star_op import bn_star_upper_bound
 from tests.layers import numpy_reference as ref
@@ -18,9 +19,11 @@ IMPLEMENTATIONS = ["tf"] + (["custom_op"] if custom_op_available() else [])
 C, F = 3, 2
 
 
-def _built(shape=(None, None, None, None, C), **kwargs):
+def _built(shape=(None, None, None, None, C), cell="stmm", dtype=None, **kwargs):
     kwargs.setdefault("k", 1)
-    layer = BidirectionalSTMM(F, **kwargs)
+    kwargs.setdefault("align", True)  # ConvGRU's default is False
+    dtype = {} if dtype is None else {"dtype": dtype}
+    layer = BidirectionalSTMM({"stmm": STMM, "convgru": ConvGRU}[cell](F, **kwargs), **dtype)
     layer.build(shape)
     return layer
 
@@ -158,11 +161,14 @@ def test_mixed_float16(rng):
 
 
 def test_config_round_trip(rng):
-    layer = BidirectionalSTMM(F, cell="convgru", kernel_size=1, k=1, align=False,
-                              input_scale=2.0, implementation="tf", name="memory")
+    layer = BidirectionalSTMM(ConvGRU(F, kernel_size=1, k=1, align=False, input_scale=2.0,
+                                      implementation="tf"), name="memory")
     config = layer.get_config()
-    assert config["cell"] == "convgru" and config["kernel_size"] == 1
+    assert config["layer"]["class_name"] == "ConvGRU"
+    assert config["layer"]["config"]["kernel_size"] == 1
+    assert config["backward_layer"]["config"]["go_backwards"] is True
     clone = BidirectionalSTMM.from_config(config)
+    assert clone.cell == "convgru" and clone.kernel_size == 1 and clone.input_scale == 2.0
     clip = rng.normal(size=(1, 3, 4, 4, C)).astype("float32")
     layer.build(clip.shape)
     clone.build(clip.shape)
@@ -172,9 +178,92 @@ def test_config_round_trip(rng):
     assert layer.compute_output_shape((None, 3, None, None, C)) == (None, 3, None, None, 2 * F)
 
 
+def test_backward_layer_defaults_to_a_backward_copy():
+    given = STMM(F, k=1, affinity_power=2.0, implementation="tf", name="mine")
+    layer = BidirectionalSTMM(given)
+    layer.build((None, None, None, None, C))
+    assert (layer.forward_layer.name, layer.backward_layer.name) == ("forward", "backward")
+    assert not layer.forward_layer.go_backwards and layer.backward_layer.go_backwards
+    for direction in (layer.forward_layer, layer.backward_layer):
+        assert (direction.k, direction.affinity_power) == (1, 2.0)
+    # As keras.layers.Bidirectional: copies from the config; the layer given stays apart.
+    assert not given.built and layer.forward_layer is not given
+
+
+def test_given_backward_layer_runs_with_its_own_settings(rng):
+    # The backward direction without MatchTrans, k = 0: the reference with those.
+    layer = BidirectionalSTMM(STMM(F, k=1, implementation="tf"),
+                              STMM(F, k=0, align=False, go_backwards=True), dtype="float64")
+    layer.build((None, None, None, None, C))
+    assert layer.backward_layer.k == 0 and not layer.backward_layer.align
+    forward, backward = ref.random_weights(rng, C, F), ref.random_weights(rng, C, F)
+    ref.set_cell_weights(layer.forward_layer.cell, forward)
+    ref.set_cell_weights(layer.backward_layer.cell, backward)
+    clip = rng.normal(size=(1, 4, 3, 5, C))
+    expected = np.concatenate(
+        [ref.stmm_sequence(forward, clip, k=1, align=True),
+         ref.stmm_sequence(backward, clip, k=0, align=False, reverse=True)], axis=-1)
+    np.testing.assert_allclose(layer(clip).numpy(), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_keyword_form_is_the_layer_form(rng):
+    clip = rng.normal(size=(1, 3, 4, 4, C)).astype("float32")
+    layers = [BidirectionalSTMM(STMM(F, k=1, implementation="tf"), name="memory"),
+              BidirectionalSTMM.from_arguments(F, k=1, implementation="tf", name="memory"),
+              BidirectionalSTMM(F, k=1, implementation="tf", name="memory")]
+    for layer in layers:
+        layer.build(clip.shape)
+        layer.set_weights(layers[0].get_weights())
+    assert [v.path for v in layers[1].weights] == [v.path for v in layers[0].weights]
+    for layer in layers[1:]:
+        assert layer.get_config() == layers[0].get_config()
+        np.testing.assert_array_equal(layer(clip), layers[0](clip))
+
+
+def test_keras_file_of_the_keyword_form_loads():
+    # Saved by the code before BidirectionalSTMM took its direction layers (its config:
+    # filters, cell, k, ...): an STMM and a ConvGRU memory side by side. The variable
+    # paths and the outputs are those recorded then.
+    data = os.path.join(os.path.dirname(__file__), "data")
+    model = keras.saving.load_model(os.path.join(data, "bidirectional_stmm_keyword_form.keras"))
+    recorded = np.load(os.path.join(data, "bidirectional_stmm_keyword_form.npz"))
+    assert [v.path for v in model.weights] == list(recorded["paths"])
+    assert model.get_layer("convgru_memory").cell == "convgru"
+    assert model.get_layer("stmm_memory").backward_layer.affinity_power == 2.0
+    np.testing.assert_allclose(model(recorded["clip"]).numpy(), recorded["outputs"],
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: BidirectionalSTMM(STMM(F, go_backwards=True)), ValueError,
+     "layer must have go_backwards=False"),
+    (lambda: BidirectionalSTMM(STMM(F), STMM(F)), ValueError,
+     "backward_layer must have go_backwards=True"),
+    (lambda: BidirectionalSTMM(STMM(F), STMM(F + 1, go_backwards=True)), ValueError,
+     "backward_layer has filters=3, layer filters=2"),
+    (lambda: BidirectionalSTMM(STMM(F), STMM(F, kernel_size=1, go_backwards=True)),
+     ValueError, "backward_layer has kernel_size=1, layer kernel_size=3"),
+    (lambda: BidirectionalSTMM(STMM(F), ConvGRU(F, go_backwards=True)), ValueError,
+     "backward_layer is a ConvGRU, layer a STMM"),
+    (lambda: BidirectionalSTMM(STMM(F, return_sequences=False)), ValueError,
+     "layer must return sequences"),
+    (lambda: BidirectionalSTMM(keras.layers.Dense(F)), TypeError,
+     "layer must be an STMM or ConvGRU layer"),
+    (lambda: BidirectionalSTMM(STMM(F), keras.layers.Dense(F)), TypeError,
+     "backward_layer must be an STMM or ConvGRU layer"),
+    (lambda: BidirectionalSTMM(STMM(F), k=3), ValueError,
+     r"the arguments \['k'\] belong to the direction layers"),
+    (lambda: BidirectionalSTMM(F, STMM(F, go_backwards=True)), ValueError,
+     "backward_layer needs a layer, not filters=2"),
+])
+def test_bad_direction_layers_name_the_argument(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
 def test_bad_cell_name():
     with pytest.raises(ValueError, match="cell must be one of"):
-        BidirectionalSTMM(F, cell="lstm")
+        BidirectionalSTMM.from_arguments(F, cell="lstm")
 
 
 def test_xla_with_pure_tf_twin(rng):

@@ -8,12 +8,12 @@ import keras
 import numpy as np
 import pytest
 
-from stmn_tf.layers import BidirectionalSTMM
+from stmn_tf.layers import STMM, BidirectionalSTMM
 
 
 def _model(implementation="auto"):
     clips = keras.Input((None, None, None, 4))  # [B, T, H, W, C], any T, H, W
-    memory = BidirectionalSTMM(3, k=1, implementation=implementation)(clips)
+    memory = BidirectionalSTMM(STMM(3, k=1, implementation=implementation))(clips)
     scores = keras.layers.TimeDistributed(keras.layers.Conv2D(1, 1))(memory)
     return keras.Model(clips, scores)
 

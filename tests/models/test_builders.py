@@ -89,7 +89,7 @@ def test_affinity_power_reaches_the_memory():
     model = build_model(config)
     assert model.memory_layer.affinity_power == 4
     assert all(cell.affinity_power == 4 for cell in model.memory_cells())
-    assert model.get_config()["memory"]["config"]["affinity_power"] == 4
+    assert model.get_config()["memory"]["config"]["layer"]["config"]["affinity_power"] == 4
     config.override({"memory": {"direction": "forward"}})
     assert build_model(config).memory_layer.cell.affinity_power == 4
 

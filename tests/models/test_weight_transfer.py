@@ -23,7 +23,7 @@ def _pretrained_conv(rng, filters=2 * F, kernel_size=3, **kwargs):
 @pytest.mark.parametrize("cell", ["stmm", "convgru"])
 def test_halves_go_to_the_right_convolutions(cell, rng):
     conv = _pretrained_conv(rng)
-    memory = BidirectionalSTMM(F, cell=cell)  # built by the transfer
+    memory = BidirectionalSTMM.from_arguments(F, cell=cell)  # built by the transfer
     kernel, bias = conv.kernel.numpy(), conv.bias.numpy()
     report = transfer_conv_to_memory(conv, memory)
     for direction, start in ((memory.forward_layer, 0), (memory.backward_layer, F)):
@@ -45,7 +45,7 @@ def test_halves_go_to_the_right_convolutions(cell, rng):
 
 def test_u_convolutions_keep_their_initialisation(rng):
     conv = _pretrained_conv(rng)
-    memory = BidirectionalSTMM(F)
+    memory = BidirectionalSTMM(STMM(F))
     memory.build((None, None, None, None, C))
     before = [memory.forward_layer.cell.conv_u.kernel.numpy(),
               memory.backward_layer.cell.conv_r_u.kernel.numpy()]
@@ -59,7 +59,7 @@ def test_transferred_memory_starts_from_the_static_features(rng):
     # the first step gives M_1 = BN*(S(F)) * S(F), the static feature map scaled by
     # its own gate (the paper's "initialise the memory with the static features").
     conv = _pretrained_conv(rng, activation="relu")
-    memory = BidirectionalSTMM(F, recurrent_initializer="zeros")
+    memory = BidirectionalSTMM(STMM(F, recurrent_initializer="zeros"))
     transfer_conv_to_memory(conv, memory)
     clip = rng.normal(size=(1, 3, 4, 4, C)).astype("float32")
     output = memory(clip).numpy()
@@ -75,7 +75,7 @@ def test_transferred_memory_starts_from_the_static_features(rng):
 
 def test_fresh_variant_copies_nothing(rng):
     conv = _pretrained_conv(rng)
-    memory = BidirectionalSTMM(F)
+    memory = BidirectionalSTMM(STMM(F))
     memory.build((None, None, None, None, C))
     before = [w.numpy() for w in memory.weights]
     report = transfer_conv_to_memory(conv, memory, fresh=True)
@@ -86,14 +86,14 @@ def test_fresh_variant_copies_nothing(rng):
 
 def test_shape_and_type_errors(rng):
     with pytest.raises(ValueError, match=r"memory needs \[3, 3, 3, 4\]"):
-        transfer_conv_to_memory(_pretrained_conv(rng, filters=6), BidirectionalSTMM(F))
+        transfer_conv_to_memory(_pretrained_conv(rng, filters=6), BidirectionalSTMM(STMM(F)))
     with pytest.raises(ValueError, match=r"memory needs \[1, 1, 3, 4\]"):
-        transfer_conv_to_memory(_pretrained_conv(rng), BidirectionalSTMM(F, kernel_size=1))
+        transfer_conv_to_memory(_pretrained_conv(rng), BidirectionalSTMM(STMM(F, kernel_size=1)))
     with pytest.raises(ValueError, match="has no bias"):
-        transfer_conv_to_memory(_pretrained_conv(rng, use_bias=False), BidirectionalSTMM(F))
+        transfer_conv_to_memory(_pretrained_conv(rng, use_bias=False), BidirectionalSTMM(STMM(F)))
     with pytest.raises(ValueError, match="stride 1 and no dilation"):
-        transfer_conv_to_memory(_pretrained_conv(rng, dilation_rate=2), BidirectionalSTMM(F))
+        transfer_conv_to_memory(_pretrained_conv(rng, dilation_rate=2), BidirectionalSTMM(STMM(F)))
     with pytest.raises(ValueError, match="is not built"):
-        transfer_conv_to_memory(keras.layers.Conv2D(4, 3), BidirectionalSTMM(F))
+        transfer_conv_to_memory(keras.layers.Conv2D(4, 3), BidirectionalSTMM(STMM(F)))
     with pytest.raises(TypeError, match="must be a BidirectionalSTMM"):
         transfer_conv_to_memory(_pretrained_conv(rng), STMM(F))

@@ -11,54 +11,12 @@ import pytest
 import tensorflow as tf
 
 from stmn_tf import ops
+from tests.ops.match_trans_reference import numpy_match_trans
 
 # The module, not the function of the same name that stmn_tf.ops exports.
 match_trans_module = importlib.import_module("stmn_tf.ops.match_trans_op")
 
 IMPLEMENTATIONS = ["custom_op", "tf"]
-
-
-def reference_coefficients(features, prev_features, k):
-    """The authors' algorithm, one position and one neighbour at a time."""
-    b, h, w, _ = features.shape
-    side = 2 * k + 1
-    out = np.zeros((b, h, w, side * side), np.float64)
-    for n in range(b):
-        for y in range(h):
-            for x in range(w):
-                f = features[n, y, x].astype(np.float64)
-                nf = np.sqrt(np.sum(f * f)) + 1e-8
-                a = np.zeros(side * side)
-                for dy in range(-k, k + 1):
-                    for dx in range(-k, k + 1):
-                        qy, qx = y + dy, x + dx
-                        if 0 <= qy < h and 0 <= qx < w:
-                            g = prev_features[n, qy, qx].astype(np.float64)
-                            ng = np.sqrt(np.sum(g * g)) + 1e-8
-                            a[(dy + k) * side + dx + k] = max(0.0, f @ g / (nf * ng))
-                mass = a.sum()
-                if mass >= 1e-7:
-                    out[n, y, x] = a / mass
-                else:
-                    out[n, y, x, k * side + k] = 1.0
-    return out
-
-
-def reference_match_trans(features, prev_features, prev_memory, k):
-    coef = reference_coefficients(features, prev_features, k)
-    b, h, w, d = prev_memory.shape
-    side = 2 * k + 1
-    out = np.zeros((b, h, w, d), np.float64)
-    for n in range(b):
-        for y in range(h):
-            for x in range(w):
-                for dy in range(-k, k + 1):
-                    for dx in range(-k, k + 1):
-                        qy, qx = y + dy, x + dx
-                        if 0 <= qy < h and 0 <= qx < w:
-                            c = coef[n, y, x, (dy + k) * side + dx + k]
-                            out[n, y, x] += c * prev_memory[n, qy, qx]
-    return out
 
 
 def random_inputs(rng, b, h, w, c, d, dtype=np.float32):
@@ -85,9 +43,9 @@ def test_matches_reference(implementation, k, shape, rng):
     # Correlate the two frames a little so that many affinities are positive.
     fp = (0.7 * np.roll(f, 1, axis=2) + 0.3 * fp).astype(np.float32)
     got = ops.match_trans(f, fp, m, k=k, implementation=implementation)
-    np.testing.assert_allclose(got, reference_match_trans(f, fp, m, k), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, numpy_match_trans(f, fp, m, k)[0], rtol=1e-5, atol=1e-5)
     coef = ops.match_trans_coefficients(f, fp, k=k, implementation=implementation)
-    np.testing.assert_allclose(coef, reference_coefficients(f, fp, k), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(coef, numpy_match_trans(f, fp, m, k)[1], rtol=1e-5, atol=1e-6)
 
 
 def test_hand_computed_shift():
@@ -174,7 +132,7 @@ def test_float16_within_tolerance(implementation, rng):
                           implementation=implementation)
     assert got.dtype == tf.float16
     np.testing.assert_allclose(got.numpy().astype(np.float32),
-                               reference_match_trans(f, fp, m, 2), rtol=2e-2, atol=2e-2)
+                               numpy_match_trans(f, fp, m, 2)[0], rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -253,7 +211,7 @@ def test_tf_twin_compiles_with_xla(rng):
     f, fp, m = random_inputs(rng, 1, 5, 6, 4, 3)
     fn = tf.function(lambda a, b, c: ops.match_trans(a, b, c, implementation="tf"),
                      jit_compile=True)
-    np.testing.assert_allclose(fn(f, fp, m), reference_match_trans(f, fp, m, 2),
+    np.testing.assert_allclose(fn(f, fp, m), numpy_match_trans(f, fp, m, 2)[0],
                                rtol=1e-5, atol=1e-5)
 
 
@@ -264,7 +222,7 @@ def test_tf_twin_in_graph_keeps_dtype(dtype, rng):
     got = fn(f, fp, m)
     assert got.dtype == tf.as_dtype(dtype)
     np.testing.assert_allclose(got.numpy().astype(np.float64),
-                               reference_match_trans(f, fp, m, 2), rtol=2e-2, atol=2e-2)
+                               numpy_match_trans(f, fp, m, 2)[0], rtol=2e-2, atol=2e-2)
 
 
 def test_invalid_implementation_and_k():

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from stmn_tf import ops
 from stmn_tf.ops import match_trans_tf
-from tests.ops.test_match_trans_cpu_paths import numpy_match_trans, numpy_memory_gradient
+from tests.ops.match_trans_reference import numpy_match_trans, numpy_memory_gradient
 
 match_trans_module = importlib.import_module("stmn_tf.ops.match_trans_op")
 

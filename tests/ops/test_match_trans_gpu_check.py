@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.ops.test_match_trans_cpu_paths import numpy_match_trans, numpy_memory_gradient
+from tests.ops.match_trans_reference import numpy_match_trans, numpy_memory_gradient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHECK_DIR = os.path.join(ROOT, "custom_ops", "match_trans", "gpu_check")

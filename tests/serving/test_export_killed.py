@@ -1,16 +1,15 @@
 """export.py killed with SIGKILL midway leaves no version directory; a re-run completes."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import keras
 import pytest
 
 from stmn_tf.configs import load_config
 from stmn_tf.models.builders import build_model
+from tests import killing
 from tests.serving.conftest import REPO
 from tests.serving.conftest import save_checkpoint
 
@@ -45,21 +44,9 @@ def test_sigkill_during_export_leaves_no_version_and_a_rerun_completes(tmp_path)
     output = str(tmp_path / "export")
     arguments = ["--config", CONFIG, "--checkpoint", checkpoint_dir, "--output", output]
     signal_path = str(tmp_path / "paused")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    process = subprocess.Popen([sys.executable, "-c", _PAUSING_EXPORT, signal_path, *arguments],
-                               cwd=REPO, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 400
-        while not os.path.exists(signal_path) and time.time() < deadline:
-            assert process.poll() is None, process.stdout.read()[-3000:]
-            time.sleep(0.05)
-        assert os.path.exists(signal_path), "export.py did not finish writing in time"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    env = killing.kill_when_paused(_PAUSING_EXPORT, arguments, signal_path, 400,
+                                   "export.py did not finish writing in time", cwd=REPO,
+                                   pythonpath=REPO)
     with open(signal_path) as f:
         temporary = f.read()
     # The complete SavedModel sits under a hidden temporary name; no version directory

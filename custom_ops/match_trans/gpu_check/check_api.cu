@@ -49,6 +49,18 @@ int BackwardT(const mt::Dims& dims, const void* coef, const void* grad, void* ou
                                       static_cast<const T*>(grad), static_cast<T*>(out), stream));
 }
 
+// fn(T()) for the element type T of the `dtype` code (0 __half, 1 float, 2 double): one
+// switch for every entry point; an unknown code is cudaErrorInvalidValue.
+template <typename Fn>
+int ForDtype(int dtype, Fn fn) {
+  switch (dtype) {
+    case 0: return fn(__half());
+    case 1: return fn(float());
+    case 2: return fn(double());
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}
+
 }  // namespace
 
 extern "C" {
@@ -93,23 +105,17 @@ int stmn_mt_synchronize() { return static_cast<int>(cudaDeviceSynchronize()); }
 int stmn_mt_forward(int dtype, const int64_t* dims, double power, const void* f,
                     const void* fp, const void* m, void* norms, void* aligned, void* coef) {
   const mt::Dims d = ToDims(dims, power);
-  switch (dtype) {
-    case 0: return ForwardT<__half>(d, f, fp, m, norms, aligned, coef, 0);
-    case 1: return ForwardT<float>(d, f, fp, m, norms, aligned, coef, 0);
-    case 2: return ForwardT<double>(d, f, fp, m, norms, aligned, coef, 0);
-  }
-  return static_cast<int>(cudaErrorInvalidValue);
+  return ForDtype(dtype, [&](auto tag) {
+    return ForwardT<decltype(tag)>(d, f, fp, m, norms, aligned, coef, 0);
+  });
 }
 
 int stmn_mt_backward(int dtype, const int64_t* dims, const void* coef, const void* grad,
                      void* out) {
   const mt::Dims d = ToDims(dims);
-  switch (dtype) {
-    case 0: return BackwardT<__half>(d, coef, grad, out, 0);
-    case 1: return BackwardT<float>(d, coef, grad, out, 0);
-    case 2: return BackwardT<double>(d, coef, grad, out, 0);
-  }
-  return static_cast<int>(cudaErrorInvalidValue);
+  return ForDtype(dtype, [&](auto tag) {
+    return BackwardT<decltype(tag)>(d, coef, grad, out, 0);
+  });
 }
 
 // The CPU's generic path on host memory (the reference of the kernels).
@@ -117,37 +123,25 @@ int stmn_mt_reference_forward(int dtype, const int64_t* dims, double power, cons
                               const void* fp, const void* m, void* norms, void* aligned,
                               void* coef) {
   const mt::Dims d = ToDims(dims, power);
-#define STMN_CASE(code, T)                                                            \
-  case code:                                                                          \
-    mt::ReferenceForward<T>(d, static_cast<const T*>(f), static_cast<const T*>(fp),   \
-                            static_cast<const T*>(m),                                 \
-                            static_cast<mt::Accumulator<T>::type*>(norms),            \
-                            static_cast<T*>(aligned), static_cast<T*>(coef));         \
+  return ForDtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    mt::ReferenceForward<T>(d, static_cast<const T*>(f), static_cast<const T*>(fp),
+                            static_cast<const T*>(m),
+                            static_cast<typename mt::Accumulator<T>::type*>(norms),
+                            static_cast<T*>(aligned), static_cast<T*>(coef));
     return 0;
-  switch (dtype) {
-    STMN_CASE(0, __half)
-    STMN_CASE(1, float)
-    STMN_CASE(2, double)
-  }
-#undef STMN_CASE
-  return static_cast<int>(cudaErrorInvalidValue);
+  });
 }
 
 int stmn_mt_reference_backward(int dtype, const int64_t* dims, const void* coef,
                                const void* grad, void* out) {
   const mt::Dims d = ToDims(dims);
-#define STMN_CASE(code, T)                                                              \
-  case code:                                                                            \
-    mt::ReferenceBackward<T>(d, static_cast<const T*>(coef), static_cast<const T*>(grad), \
-                             static_cast<T*>(out));                                     \
+  return ForDtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    mt::ReferenceBackward<T>(d, static_cast<const T*>(coef), static_cast<const T*>(grad),
+                             static_cast<T*>(out));
     return 0;
-  switch (dtype) {
-    STMN_CASE(0, __half)
-    STMN_CASE(1, float)
-    STMN_CASE(2, double)
-  }
-#undef STMN_CASE
-  return static_cast<int>(cudaErrorInvalidValue);
+  });
 }
 
 // Median milliseconds of `repeats` timed calls (after 3 untimed ones), with CUDA

@@ -160,17 +160,21 @@ class Library:
         b, h, w, c = shape_fp
         return (ctypes.c_int64 * 6)(b, h, w, c, depth, k)
 
+    def shapes(self, f, m, k):
+        """(dtype code, dims, coefficients' shape [B, H, W, (2k+1)^2], the scratch's
+        shape [2 * B*H*W] and dtype: the accumulator's) of features f and memory m."""
+        b, h, w, _ = f.shape
+        norm_dtype = self.np.float64 if f.dtype == self.np.float64 else self.np.float32
+        return (DTYPES[f.dtype.name], self.dims(f.shape, m.shape[-1], k),
+                (b, h, w, (2 * k + 1) ** 2), 2 * b * h * w, norm_dtype)
+
     def reference(self, f, fp, m, upstream, k, power=1.0):
         """The generic CPU path: (aligned, coefficients, memory gradient)."""
         np = self.np
-        dtype = f.dtype
-        code = DTYPES[dtype.name]
-        dims = self.dims(f.shape, m.shape[-1], k)
-        b, h, w, _ = f.shape
-        norms = np.zeros(2 * b * h * w, np.float64 if dtype == np.float64 else np.float32)
-        aligned = np.zeros(m.shape, dtype)
-        coef = np.zeros((b, h, w, (2 * k + 1) ** 2), dtype)
-        grad = np.zeros(m.shape, dtype)
+        code, dims, coef_shape, norms_shape, norm_dtype = self.shapes(f, m, k)
+        norms = np.zeros(norms_shape, norm_dtype)
+        aligned, coef, grad = (np.zeros(m.shape, f.dtype), np.zeros(coef_shape, f.dtype),
+                               np.zeros(m.shape, f.dtype))
         f, fp, m, upstream = (np.ascontiguousarray(x) for x in (f, fp, m, upstream))
         self.check(self.lib.stmn_mt_reference_forward(
             code, dims, power, f.ctypes.data, fp.ctypes.data, m.ctypes.data, norms.ctypes.data,
@@ -182,17 +186,12 @@ class Library:
 
     def gpu(self, f, fp, m, upstream, k, power=1.0):
         """The CUDA kernels: (aligned, coefficients, memory gradient)."""
-        np = self.np
-        dtype = f.dtype
-        code = DTYPES[dtype.name]
-        dims = self.dims(f.shape, m.shape[-1], k)
-        b, h, w, _ = f.shape
-        coef_shape = (b, h, w, (2 * k + 1) ** 2)
-        norm_dtype = np.float64 if dtype == np.float64 else np.float32
+        np, dtype = self.np, f.dtype
+        code, dims, coef_shape, norms_shape, norm_dtype = self.shapes(f, m, k)
         try:
             df, dfp, dm, dup = (self.to_device(np.ascontiguousarray(x))
                                 for x in (f, fp, m, upstream))
-            dnorms = self.empty_device(2 * b * h * w, norm_dtype)
+            dnorms = self.empty_device(norms_shape, norm_dtype)
             daligned, dcoef = self.empty_device(m.shape, dtype), self.empty_device(coef_shape, dtype)
             dgrad = self.empty_device(m.shape, dtype)
             self.check(self.lib.stmn_mt_forward(code, dims, power, df, dfp, dm, dnorms, daligned,
