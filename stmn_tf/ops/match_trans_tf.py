@@ -14,8 +14,9 @@ finite; the aligned memory of p is NaN in every channel when its coefficients ar
 when any in-bounds `prev_memory(q)` holds a NaN or an Inf (whatever its coefficient).
 Elsewhere the output is the formula's: one bad cell changes only the positions whose
 window holds it. The banded products below would otherwise spread a NaN of the memory
-to the whole tile (0 * NaN), so non-finite memory is zeroed before them and the rule
-applied after.
+to the whole tile (0 * NaN), so the neighbour tiles read a finite cell in place of a
+non-finite one and the rule is applied through a NaN coefficient (index work on small
+tensors, no extra pass over the memory but the check).
 
 `match_trans` and `coefficients` compute the window as banded matrix products. The
 map's rows are laid end to end with the row length padded to `stride`, a multiple of
@@ -24,9 +25,9 @@ the tile width: grid position `p = (b*H + y)*stride + x`, whose neighbour at off
 for each row offset dy, every tile is multiplied with its neighbour tile (the `tile +
 2k` positions from k before to k after the tile, dy rows away): `[tile, C] x [C,
 tile + 2k]`, one batched matmul over all tiles, whose band holds the window's dot
-products and is read out with a constant gather. The neighbour tiles are cut once;
-since a row holds a whole number of tiles, those of row offset dy are a plain slice of
-them. The weighted sum of the memory is the same product the other way round (the
+products and is read out with a constant gather. The neighbour tiles are gathered
+once from the unpadded map (one pass, no padded copy); since a row holds a whole
+number of tiles, those of row offset dy are a plain slice of them. The weighted sum of the memory is the same product the other way round (the
 banded `[tile, tile + 2k]` coefficient matrix times the memory's `[tile + 2k, D]`
 neighbour tile), and the memory gradient is that product with the transposed
 coefficients `c'(q, o) = c(q + o, -o)`. Neighbours outside the map (past a row's
@@ -148,8 +149,9 @@ class _Layout:
     into `n` tiles of `tile` positions. A neighbour tile is `tile + 2k` positions, k
     before and k after a tile; as a row holds a whole number of tiles, the neighbour
     tile of tile t at row offset dy is neighbour tile `t + dy*stride/tile` of one
-    tensor built once, a plain slice. Neighbours outside the map (other rows, other
-    images, the padding) are masked on the affinities.
+    tensor gathered once, a plain slice. Neighbours outside the map (other rows, other
+    images, the padding, the rows before and after the map, which read cell 0) are
+    masked on the affinities and so get zero coefficients.
     """
 
     def __init__(self, shape, k, tile):
@@ -164,15 +166,11 @@ class _Layout:
         self.n = self.rows * self.per_row
         self.tables = _band_tables(tile, k)
 
-    def _padded_rows(self, x, extra_rows):
-        """`[B, H, W, C]` -> `[(B*H + 2*extra_rows)*stride, C]`, zeros around."""
-        x = tf.reshape(x, [self.rows, self.width, tf.shape(x)[-1]])
-        x = tf.pad(x, [[extra_rows, extra_rows], [0, self.stride - self.width], [0, 0]])
-        return tf.reshape(x, [-1, tf.shape(x)[-1]])
-
     def grid(self, x):
-        """`[B, H, W, C]` -> `[positions, C]`."""
-        return self._padded_rows(x, 0)
+        """`[B, H, W, C]` -> `[positions, C]`, zeros in the padding columns."""
+        x = tf.reshape(x, [self.rows, self.width, tf.shape(x)[-1]])
+        x = tf.pad(x, [[0, 0], [0, self.stride - self.width], [0, 0]])
+        return tf.reshape(x, [-1, tf.shape(x)[-1]])
 
     def tiles(self, grid):
         """`[positions, C]` -> `[n, tile, C]` (a reshape)."""
