@@ -164,6 +164,7 @@ class _Layout:
         self.rows = self.batch * self.height
         self.positions = self.rows * self.stride
         self.n = self.rows * self.per_row
+        self.cells = self.rows * self.width  # B*H*W
         self.tables = _band_tables(tile, k)
 
     def grid(self, x):
@@ -181,7 +182,7 @@ class _Layout:
         flat `[B*H*W]` map, and whether it is one: positions in the padding columns
         or in the rows before and after the map are not, and read cell 0 instead
         (their products are masked or multiplied by a zero coefficient)."""
-        row = tf.math.floordiv(grid_positions, self.stride)
+        row = tf.math.floordiv(grid_positions, tf.maximum(self.stride, 1))  # W = 0: no positions
         x = grid_positions - row * self.stride
         inside = (row >= 0) & (row < self.rows) & (x < self.width)
         return tf.where(inside, row * self.width + x, tf.zeros_like(grid_positions)), inside
@@ -190,7 +191,8 @@ class _Layout:
         """`[n + 2k*per_row, tile + 2k]` int32: the cell index (`cell_index`) of every
         neighbour tile's positions. Neighbour tile u covers grid positions
         `u*tile - k*stride - k + j`, j in [0, tile + 2k)."""
-        count = self.n + 2 * self.k * self.per_row
+        # No neighbour tiles for an empty map: it has no cell 0 to read.
+        count = (self.n + 2 * self.k * self.per_row) * tf.cast(self.cells > 0, tf.int32)
         start = tf.range(count) * self.tile - self.k * self.stride - self.k
         cells, _ = self.cell_index(start[:, None] + tf.range(self.tile + 2 * self.k)[None, :])
         return cells
@@ -324,7 +326,11 @@ def _banded_align(layout, coefficients, memory):
         # over the memory but the check, and no tf.cond (the exports' converter,
         # tf2onnx, does not map a cond inside the memory's loop).
         good = tf.math.is_finite(tf.reshape(tf.reduce_sum(memory - memory, axis=-1), [-1]))
-        first_good = tf.argmax(tf.cast(good, tf.int32), output_type=tf.int32)
+        # The first finite cell (the last cell if none is: then every window is NaN);
+        # a True appended, as argmax refuses an empty map.
+        first_good = tf.minimum(
+            tf.argmax(tf.concat([tf.cast(good, tf.int32), [1]], 0), output_type=tf.int32),
+            tf.maximum(layout.cells - 1, 0))
         cells = layout.neighbour_cells()
         finite_cells = tf.where(tf.gather(good, cells), cells, first_good)
         poisoned = tf.where(layout.window_any(~good)[:, None],
