@@ -63,6 +63,23 @@ def log(message):
     print(f"  {message}", file=sys.stderr, flush=True)
 
 
+def timed_medians(calls, repeats):
+    """`{key: median seconds}` of `calls` (`{(name, kind): fn}`), after one warm-up call
+    of each (traces, allocations); each round calls every function once, in turn, so
+    that load from other processes falls on all of them alike."""
+    for key, fn in calls.items():
+        log(f"warm-up {key[0]} {key[1]}")
+        fn()
+    times = {key: [] for key in calls}
+    for r in range(repeats):
+        log(f"round {r + 1}/{repeats}")
+        for key, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {key: float(np.median(t)) for key, t in times.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
@@ -113,17 +130,7 @@ def main(argv=None):
 
         calls = {(name, kind): make(module) for name, module in loaded.items()
                  for kind, make in (("clip", clip_call), ("stream", stream_call))}
-        for key, fn in calls.items():  # warm-up: traces, allocations
-            log(f"warm-up {key[0]} {key[1]}")
-            fn()
-        times = {key: [] for key in calls}
-        for r in range(args.repeats):
-            log(f"round {r + 1}/{args.repeats}")
-            for key, fn in calls.items():
-                start = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - start)
-    seconds = {key: float(np.median(t)) for key, t in times.items()}
+        seconds = timed_medians(calls, args.repeats)
 
     result = {"frames": args.frames, "depth": args.depth, "image": [HEIGHT, WIDTH],
               "repeats": args.repeats}
@@ -204,16 +211,8 @@ def format_latency(args):
             ("ONNX", "stream"): onnx_stream,
             ("TFLite", "stream"): lite_stream(lite32),
         }
-        for fn in calls.values():
-            fn()  # warm-up
-        times = {key: [] for key in calls}
-        for r in range(args.repeats):
-            log(f"round {r + 1}/{args.repeats}")
-            for key, fn in calls.items():
-                start = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - start)
-    ms = {key: 1e3 * float(np.median(t)) / args.frames for key, t in times.items()}
+        seconds = timed_medians(calls, args.repeats)
+    ms = {key: 1e3 * value / args.frames for key, value in seconds.items()}
     header = f"{'format':>16} {'clip ms/frame':>14} {'stream ms/frame':>16}"
     print(f"tiny synthetic STMN, {args.frames} frames of 96x80, median of {args.repeats} rounds")
     print(header)

@@ -14,8 +14,9 @@ finite; the aligned memory of p is NaN in every channel when its coefficients ar
 when any in-bounds `prev_memory(q)` holds a NaN or an Inf (whatever its coefficient).
 Elsewhere the output is the formula's: one bad cell changes only the positions whose
 window holds it. The banded products below would otherwise spread a NaN of the memory
-to the whole tile (0 * NaN), so non-finite memory is zeroed before them and the rule
-applied after.
+to the whole tile (0 * NaN), so the neighbour tiles read a finite cell in place of a
+non-finite one and the rule is applied through a NaN coefficient (index work on small
+tensors, no extra pass over the memory but the check).
 
 `match_trans` and `coefficients` compute the window as banded matrix products. The
 map's rows are laid end to end with the row length padded to `stride`, a multiple of
@@ -24,9 +25,9 @@ the tile width: grid position `p = (b*H + y)*stride + x`, whose neighbour at off
 for each row offset dy, every tile is multiplied with its neighbour tile (the `tile +
 2k` positions from k before to k after the tile, dy rows away): `[tile, C] x [C,
 tile + 2k]`, one batched matmul over all tiles, whose band holds the window's dot
-products and is read out with a constant gather. The neighbour tiles are cut once;
-since a row holds a whole number of tiles, those of row offset dy are a plain slice of
-them. The weighted sum of the memory is the same product the other way round (the
+products and is read out with a constant gather. The neighbour tiles are gathered
+once from the unpadded map (one pass, no padded copy); since a row holds a whole
+number of tiles, those of row offset dy are a plain slice of them. The weighted sum of the memory is the same product the other way round (the
 banded `[tile, tile + 2k]` coefficient matrix times the memory's `[tile + 2k, D]`
 neighbour tile), and the memory gradient is that product with the transposed
 coefficients `c'(q, o) = c(q + o, -o)`. Neighbours outside the map (past a row's
@@ -148,8 +149,9 @@ class _Layout:
     into `n` tiles of `tile` positions. A neighbour tile is `tile + 2k` positions, k
     before and k after a tile; as a row holds a whole number of tiles, the neighbour
     tile of tile t at row offset dy is neighbour tile `t + dy*stride/tile` of one
-    tensor built once, a plain slice. Neighbours outside the map (other rows, other
-    images, the padding) are masked on the affinities.
+    tensor gathered once, a plain slice. Neighbours outside the map (other rows, other
+    images, the padding, the rows before and after the map, which read cell 0) are
+    masked on the affinities and so get zero coefficients.
     """
 
     def __init__(self, shape, k, tile):
@@ -162,42 +164,43 @@ class _Layout:
         self.rows = self.batch * self.height
         self.positions = self.rows * self.stride
         self.n = self.rows * self.per_row
+        self.cells = self.rows * self.width  # B*H*W
         self.tables = _band_tables(tile, k)
 
-    def _padded_rows(self, x, extra_rows):
-        """`[B, H, W, C]` -> `[(B*H + 2*extra_rows)*stride, C]`, zeros around."""
-        x = tf.reshape(x, [self.rows, self.width, tf.shape(x)[-1]])
-        x = tf.pad(x, [[extra_rows, extra_rows], [0, self.stride - self.width], [0, 0]])
-        return tf.reshape(x, [-1, tf.shape(x)[-1]])
-
     def grid(self, x):
-        """`[B, H, W, C]` -> `[positions, C]`."""
-        return self._padded_rows(x, 0)
+        """`[B, H, W, C]` -> `[positions, C]`, zeros in the padding columns."""
+        x = tf.reshape(x, [self.rows, self.width, tf.shape(x)[-1]])
+        x = tf.pad(x, [[0, 0], [0, self.stride - self.width], [0, 0]])
+        return tf.reshape(x, [-1, tf.shape(x)[-1]])
 
     def tiles(self, grid):
         """`[positions, C]` -> `[n, tile, C]` (a reshape)."""
         return tf.reshape(grid, [self.n, self.tile, tf.shape(grid)[-1]])
 
-    def neighbours(self, x):
-        """`[B, H, W, C]` -> (neighbour tiles `[n + 2k*per_row, tile + 2k, C]`,
-        the flat padded map `[(B*H + 2k + 2)*stride, C]` they were cut from).
+    def cell_index(self, grid_positions):
+        """The map cell of grid positions (any int32 shape), as an index into the
+        flat `[B*H*W]` map, and whether it is one: positions in the padding columns
+        or in the rows before and after the map are not, and read cell 0 instead
+        (their products are masked or multiplied by a zero coefficient)."""
+        row = tf.math.floordiv(grid_positions, tf.maximum(self.stride, 1))  # W = 0: no positions
+        x = grid_positions - row * self.stride
+        inside = (row >= 0) & (row < self.rows) & (x < self.width)
+        return tf.where(inside, row * self.width + x, tf.zeros_like(grid_positions)), inside
 
-        Neighbour tile u covers flat positions `[u*tile + stride - k, ... + tile + 2k)`
-        of a map with k + 1 zero rows above and below.
-        """
-        flat = self._padded_rows(x, self.k + 1)
-        depth = tf.shape(flat)[-1]
-        count = self.n + 2 * self.k * self.per_row
+    def neighbour_cells(self):
+        """`[n + 2k*per_row, tile + 2k]` int32: the cell index (`cell_index`) of every
+        neighbour tile's positions. Neighbour tile u covers grid positions
+        `u*tile - k*stride - k + j`, j in [0, tile + 2k)."""
+        # No neighbour tiles for an empty map: it has no cell 0 to read.
+        count = (self.n + 2 * self.k * self.per_row) * tf.cast(self.cells > 0, tf.int32)
+        start = tf.range(count) * self.tile - self.k * self.stride - self.k
+        cells, _ = self.cell_index(start[:, None] + tf.range(self.tile + 2 * self.k)[None, :])
+        return cells
 
-        def cut(start):
-            return tf.reshape(flat[start: start + count * self.tile], [count, self.tile, depth])
-
-        centre = cut(self.stride)
-        if self.k == 0:
-            return centre, flat
-        left = cut(self.stride - self.tile)[:, self.tile - self.k:]
-        right = cut(self.stride + self.tile)[:, : self.k]
-        return tf.concat([left, centre, right], axis=1), flat
+    def neighbours(self, flat, cells):
+        """`flat` `[B*H*W, C]`, `cells` from `neighbour_cells` -> the neighbour tiles
+        `[n + 2k*per_row, tile + 2k, C]`: one gather, no padded copy of the map."""
+        return tf.gather(flat, cells)
 
     def at_row_offset(self, neighbour_tiles, dy):
         """The neighbour tile of each of the n tiles at row offset dy: `[n, tile+2k, C]`."""
@@ -209,16 +212,18 @@ class _Layout:
         offsets = tf.range(-self.k, self.k + 1)
         return tf.reshape(offsets[:, None] * self.stride + offsets[None, :], [1, -1])
 
+    def window_cells(self):
+        """`[positions, (2k+1)^2]` int32: the cell index (`cell_index`) of each
+        position's neighbour at each window offset (masked by `in_bounds`)."""
+        cells, _ = self.cell_index(tf.range(self.positions)[:, None] + self.offsets())
+        return cells
+
     def window_any(self, flags):
         """`[positions]` bool: a flagged cell in the in-bounds window of each position.
 
-        `flags`: `[B, H, W]` bool, one per cell of the map.
+        `flags`: `[B*H*W]` bool, one per cell of the map.
         """
-        values = tf.cast(flags, tf.float32)[..., None]
-        flat = self._padded_rows(values, self.k + 1)[:, 0]
-        margin = (self.k + 1) * self.stride
-        window = tf.gather(flat, tf.range(self.positions)[:, None] + margin + self.offsets())
-        return tf.reduce_any((window > 0) & self.in_bounds(), axis=-1)
+        return tf.reduce_any(tf.gather(flags, self.window_cells()) & self.in_bounds(), axis=-1)
 
     def in_bounds(self):
         """`[positions, (2k+1)^2]` bool: the neighbour at each offset is inside the map."""
@@ -249,7 +254,8 @@ def _normalised(layout, features, prev_features, affinity_power):
     tile, side = layout.tile, layout.side
     grid = layout.grid(features)  # [positions, C]
     f = layout.tiles(grid)  # [n, tile, C]
-    neighbour_tiles, flat = layout.neighbours(prev_features)  # [n + .., tile + 2k, C]
+    flat = tf.reshape(prev_features, [-1, tf.shape(prev_features)[-1]])  # [B*H*W, C]
+    neighbour_tiles = layout.neighbours(flat, layout.neighbour_cells())  # [n + .., tile + 2k, C]
     rows = []
     for dy in range(-layout.k, layout.k + 1):
         # The window's dot products in row dy: one [tile, C] x [C, tile + 2k] per tile.
@@ -260,9 +266,7 @@ def _normalised(layout, features, prev_features, affinity_power):
     dots = tf.reshape(tf.stack(rows, axis=1), [layout.positions, side * side])
     norm = tf.sqrt(tf.reduce_sum(tf.square(grid), axis=-1)) + NORM_EPSILON
     prev_norm = tf.sqrt(tf.reduce_sum(tf.square(flat), axis=-1)) + NORM_EPSILON
-    margin = (layout.k + 1) * layout.stride
-    neighbour_norm = tf.gather(
-        prev_norm, tf.range(layout.positions)[:, None] + margin + layout.offsets())
+    neighbour_norm = tf.gather(prev_norm, layout.window_cells())
     cosine = dots / (norm[:, None] * neighbour_norm)
     in_bounds = layout.in_bounds()
     a = tf.where(in_bounds, tf.nn.relu(cosine), tf.zeros_like(cosine))
@@ -280,15 +284,16 @@ def _normalised(layout, features, prev_features, affinity_power):
     return tf.where(bad[:, None], poisoned, c)
 
 
-def _banded_sum(layout, coefficients, values):
+def _banded_sum(layout, coefficients, values, cells):
     """`[positions, D]`: the sum over the window of coefficient x neighbour value.
 
     `coefficients` `[positions, (2k+1)^2]` (zero outside the map), `values`
-    `[B, H, W, D]`.
+    `[B, H, W, D]`, `cells` the neighbour tiles' cell indices (`neighbour_cells`,
+    pointing at finite values only, as the zero coefficients multiply them).
     """
     _, write = layout.tables
     tile, side = layout.tile, layout.side
-    neighbour_tiles, _ = layout.neighbours(values)
+    neighbour_tiles = layout.neighbours(tf.reshape(values, [-1, tf.shape(values)[-1]]), cells)
     c = tf.reshape(coefficients, [layout.n, tile, side, side])
     outputs = []
     for row in range(side):
@@ -314,21 +319,28 @@ def _banded_align(layout, coefficients, memory):
 
     @tf.custom_gradient
     def align(memory):
-        # Non-finite memory zeroed for the products (which would spread it over the
-        # tile), then NaN at the positions whose window holds it. Unconditional
-        # elementwise passes (no tf.cond): the exports' converters (tf2onnx) do not
-        # map a cond inside the memory's loop.
-        bad_cells = ~tf.math.is_finite(tf.reduce_sum(memory - memory, axis=-1))  # [B, H, W]
-        clean = tf.where(tf.math.is_finite(memory), memory, tf.zeros_like(memory))
-        out = _banded_sum(layout, coefficients, clean)  # [positions, D]
-        out = tf.where(layout.window_any(bad_cells)[:, None],
-                       tf.constant(np.nan, out.dtype), out)
-        out = layout.ungrid(out)
+        # A non-finite memory cell would spread over its whole tile in the products
+        # (0 * NaN), so the neighbour tiles read the first finite cell in its place,
+        # and the positions whose window holds it get a NaN coefficient, which makes
+        # their sum NaN in every channel. Index and coefficient work only, no pass
+        # over the memory but the check, and no tf.cond (the exports' converter,
+        # tf2onnx, does not map a cond inside the memory's loop).
+        good = tf.math.is_finite(tf.reshape(tf.reduce_sum(memory - memory, axis=-1), [-1]))
+        # The first finite cell (the last cell if none is: then every window is NaN);
+        # a True appended, as argmax refuses an empty map.
+        first_good = tf.minimum(
+            tf.argmax(tf.concat([tf.cast(good, tf.int32), [1]], 0), output_type=tf.int32),
+            tf.maximum(layout.cells - 1, 0))
+        cells = layout.neighbour_cells()
+        finite_cells = tf.where(tf.gather(good, cells), cells, first_good)
+        poisoned = tf.where(layout.window_any(~good)[:, None],
+                            tf.constant(np.nan, coefficients.dtype), coefficients)
+        out = layout.ungrid(_banded_sum(layout, poisoned, memory, finite_cells))
 
         def grad(upstream):
             # d out(p) / d memory(q) = c(p, q - p): the band transposed.
             transposed = _transposed(layout, coefficients)
-            return layout.ungrid(_banded_sum(layout, transposed, upstream))
+            return layout.ungrid(_banded_sum(layout, transposed, upstream, cells))
 
         return out, grad
 

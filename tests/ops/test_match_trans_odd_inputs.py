@@ -153,3 +153,25 @@ def test_kernel_attr_refuses_integers():
     with pytest.raises((TypeError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError),
                        match="int32"):
         ops.load_library().stmn_match_trans(f, f, f, k=1)
+
+
+@pytest.mark.parametrize("bad", ["first_cell", "all_cells"])
+def test_twin_reads_a_finite_cell_in_place_of_a_bad_one(bad, rng):
+    """The twin's neighbour tiles read the first finite memory cell in place of a
+    non-finite one (and cell 0 outside the map): a NaN in cell 0 must not reach the
+    positions whose window misses it, and all-NaN memory gives NaN everywhere."""
+    f, fp, m = make_finite(rng, (2, 4, 5, 3), 2)
+    if bad == "first_cell":
+        m[0, 0, 0, 1] = np.nan
+    else:
+        m[..., 0] = np.inf
+    want, _ = numpy_match_trans(f, fp, m, 1)
+    got = match_trans_tf.match_trans(f, fp, m, 1, tile=4).numpy()
+    assert_same(got, want, 2e-5)
+    assert np.isnan(got).all() == (bad == "all_cells")
+
+
+def make_finite(rng, shape, depth):
+    f = rng.normal(size=shape)
+    fp = 0.6 * np.roll(f, 1, axis=2) + 0.4 * rng.normal(size=shape)
+    return [x.astype(np.float32) for x in (f, fp, rng.normal(size=shape[:3] + (depth,)))]
