@@ -98,9 +98,10 @@ class DataConfig(hyperparams.Config):
             videos shorter than (T - 1) * stride + 1 frames.
         burn_in_frames: N, training only: each clip comes with N frames before and N
             after it (`context_images`, same stride) that the memory reads without
-            loss or gradient to their features, so that the T frames with loss see
-            memories that have run 2N + T frames (`STMN.clip_head_features`).
-            0 = the paper's clips of T frames.
+            loss or gradient to their features, so that at the T frames with loss
+            each direction's memory has read N + 1 to N + T frames, as in test
+            windows longer than T (`STMN.clip_head_features`; an R-FCN ignores
+            them). 0 = the paper's clips of T frames.
         image_size: resizing and padding (ImageSizeConfig).
         random_flip: one horizontal flip per clip with probability 1/2 (training).
         class_balance: resample videos so their main classes are equally frequent.
