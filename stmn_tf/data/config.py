@@ -96,6 +96,12 @@ class DataConfig(hyperparams.Config):
         num_frames: T, frames per training clip (paper: 7).
         frame_stride: sample 1 frame in `frame_stride` (paper: 10); lowered for
             videos shorter than (T - 1) * stride + 1 frames.
+        burn_in_frames: N, training only: each clip comes with N frames before and N
+            after it (`context_images`, same stride) that the memory reads without
+            loss or gradient to their features, so that at the T frames with loss
+            each direction's memory has read N + 1 to N + T frames, as in test
+            windows longer than T (`STMN.clip_head_features`; an R-FCN ignores
+            them). 0 = the paper's clips of T frames.
         image_size: resizing and padding (ImageSizeConfig).
         random_flip: one horizontal flip per clip with probability 1/2 (training).
         class_balance: resample videos so their main classes are equally frequent.
@@ -125,6 +131,7 @@ class DataConfig(hyperparams.Config):
     is_training: bool = True
     num_frames: int = 7
     frame_stride: int = 10
+    burn_in_frames: int = 0
     image_size: ImageSizeConfig = dataclasses.field(default_factory=ImageSizeConfig)
     random_flip: bool = True
     class_balance: bool = False

@@ -17,6 +17,10 @@ for DET batches, N = max_boxes, [Hp, Wp] = the padded size):
                   shorter than T frames
     flipped       bool    [B]        the clip was mirrored
     video_id      string  [B]        clip/media_id
+    context_images float32 [B, 2N, Hp, Wp, 3]  only with burn_in_frames N > 0 (VID
+                  batches): the N frames before the clip, then the N after it, at the
+                  clip's stride (a video too short repeats its last frame), as
+                  `images`; they carry no annotations (no loss is taken on them)
 Pixel boxes in the padded tensor: boxes * image_size (y by height, x by width); in the
 original frame: boxes * original_size.
 
@@ -363,8 +367,9 @@ def balance_classes(videos, num_classes, seed):
     return videos.scan(initial, step).filter(lambda keep, _: keep).map(lambda _, video: video)
 
 
-def _clip_dataset(files, config, input_context, clip_length):
-    """Unbatched training clips of `clip_length` frames (see the module docstring)."""
+def _clip_dataset(files, config, input_context, clip_length, burn_in=0):
+    """Unbatched training clips of `clip_length` frames (see the module docstring),
+    with `burn_in` context frames on each side (`context_images`) when > 0."""
     dataset = read_records(files, config, input_context, training=True)
     dataset = dataset.map(schema.parse_video, num_parallel_calls=AUTOTUNE,
                           deterministic=config.deterministic)
@@ -377,10 +382,13 @@ def _clip_dataset(files, config, input_context, clip_length):
     def sample(position, video):
         seed = tf.stack([tf.constant(config.seed, tf.int64), position])
         draws = tf.random.stateless_uniform([2], seed=seed)
-        indices, valid = clip_indices(video["num_frames"], clip_length, config.frame_stride, draws[0])
-        clip = _pad_annotations(video, indices, config.max_boxes)
+        # One span of burn_in + T + burn_in frames at one stride; the annotations are
+        # those of its middle T frames.
+        indices, valid = clip_indices(video["num_frames"], clip_length + 2 * burn_in,
+                                      config.frame_stride, draws[0])
+        clip = _pad_annotations(video, indices[burn_in:burn_in + clip_length], config.max_boxes)
         clip["encoded"] = tf.gather(video["encoded"], indices)  # only these are decoded
-        clip["frame_valid"] = valid
+        clip["frame_valid"] = valid[burn_in:burn_in + clip_length]
         clip["flipped"] = tf.logical_and(draws[1] < 0.5, config.random_flip)
         clip["video_id"] = video["media_id"]
         return clip
@@ -391,8 +399,12 @@ def _clip_dataset(files, config, input_context, clip_length):
 
     def decode(clip):
         clip = dict(clip)
-        clip["images"], clip["image_size"] = _decode_frames(
-            clip.pop("encoded"), clip["original_size"], clip["flipped"], config.image_size)
+        images, image_size = _decode_frames(
+            clip.pop("encoded"), clip["original_size"][:1], clip["flipped"], config.image_size)
+        clip["images"] = images[burn_in:burn_in + clip_length]
+        clip["image_size"] = tf.tile(image_size[:1], [clip_length, 1])
+        if burn_in > 0:
+            clip["context_images"] = tf.concat([images[:burn_in], images[burn_in + clip_length:]], 0)
         clip["boxes"] = tf.cond(clip["flipped"], lambda: flip_boxes(clip["boxes"], clip["num_boxes"]),
                                 lambda: clip["boxes"])
         return clip
@@ -460,7 +472,10 @@ def build_dataset(config, input_context=None):
 
     if batch < 1:
         raise ValueError(f"global_batch_size must be >= 1 in training, got {global_batch}")
-    vid = _clip_dataset(list_files(config.input_path), config, input_context, config.num_frames)
+    if config.burn_in_frames < 0:
+        raise ValueError(f"burn_in_frames must be >= 0, got {config.burn_in_frames}")
+    vid = _clip_dataset(list_files(config.input_path), config, input_context, config.num_frames,
+                        config.burn_in_frames)
     vid = vid.batch(batch, drop_remainder=True)
     if config.det_input_path and config.det_vid_ratio > 0:
         det = _clip_dataset(list_files(config.det_input_path), config, input_context, 1)

@@ -92,6 +92,12 @@ class TwoStageDetector(keras.Model):
         """`[B, T, h, w, feature_channels]` -> `[B, T, h, w, C_head]`, the R-FCN head's input."""
         raise NotImplementedError("abstract: RFCN and STMN define it")
 
+    def clip_head_features(self, features, inputs, training=False):
+        """The head's input for a training batch: `head_features` of the clip's
+        `features` `[B, T, h, w, C]`; `inputs` (the `compute_losses` dict) lets a
+        memory read context frames (`STMN`). Returns `[B, T, h, w, C_head]`."""
+        return self.head_features(features, training=training)
+
     # -- building -------------------------------------------------------------
 
     def build_by_running(self):
@@ -193,7 +199,7 @@ class TwoStageDetector(keras.Model):
         )
         rois = self.roi_sampler(first["rois"], first["rois_valid"], gt_boxes, gt_labels,
                                 seed=roi_seed)
-        head_input = self._flatten(self.head_features(features, training=training))
+        head_input = self._flatten(self.clip_head_features(features, inputs, training=training))
         class_logits, box_deltas = self.rfcn_head(head_input, rois["rois"], image_size)
         class_loss, box_loss = losses_lib.rfcn_losses(
             class_logits, box_deltas, rois["labels"], rois["valid"], rois["foreground"],

@@ -80,6 +80,36 @@ class STMN(TwoStageDetector):
         """`[B, T, h, w, C]` `F_t` -> the memory `[B, T, h, w, memory_channels]`."""
         return self.memory_layer(features)
 
+    def clip_head_features(self, features, inputs, training=False):
+        """The memory of a training clip, after a burn-in on its context frames.
+
+        With `inputs["context_images"]` `[B, 2N, H, W, 3]` (the N frames before the
+        clip, then the N after it: `DataConfig.burn_in_frames`), the memory runs over
+        before + clip + after, so that at the clip's frames it has already read N
+        frames more in each direction, as in a test window longer than the clip. The
+        context frames' features are taken without gradient and get no loss; the
+        memory's own weights are differentiated through every step it runs. A
+        forward-only memory reads the N frames before only. The memory starts at zero
+        at the first frame it reads, as always (paper Sec. 3.2).
+
+        Args:
+          features: `[B, T, h, w, C]`, `F_t` of the clip's frames.
+          inputs: the `compute_losses` dict.
+          training: bool.
+
+        Returns:
+          `[B, T, h, w, memory_channels]`, the memory at the clip's frames.
+        """
+        context = inputs.get("context_images")
+        if context is None or context.shape[1] == 0:
+            return self.head_features(features, training=training)
+        burn_in = context.shape[1] // 2  # static: the pipeline's N
+        parts = [tf.stop_gradient(self.extract_features(context[:, :burn_in])), features]
+        if self.memory_direction == "bidirectional":
+            parts.append(tf.stop_gradient(self.extract_features(context[:, burn_in:])))
+        memory = self.head_features(tf.concat(parts, axis=1), training=training)
+        return memory[:, burn_in:burn_in + tf.shape(features)[1]]
+
     # -- online (see TwoStageDetector.step) ------------------------------------
 
     has_memory = True

@@ -114,6 +114,38 @@ def test_training_clips_sampled_deterministically_and_flip_mirrors(dataset_dir):
     assert saw_flip and saw_plain
 
 
+def test_burn_in_frames_come_before_and_after_the_clip_at_its_stride(dataset_dir):
+    directory, _ = dataset_dir
+    frames = {}  # (video, frame index) -> the evaluation pipeline's image of that frame
+    for frame in pipeline.build_dataset(_config(directory, is_training=False, global_batch_size=0)):
+        frames[frame["video_id"].numpy(), int(frame["frame_index"])] = frame["images"].numpy()
+    plain = _first_batches(_config(directory, random_flip=False), 3)
+    burned = _first_batches(_config(directory, random_flip=False, burn_in_frames=2), 3)
+    assert set(burned[0]) == set(plain[0]) | {"context_images"}
+    for batch in burned:
+        assert batch["images"].shape == (2, 3, 112, 128, 3)
+        assert batch["context_images"].shape == (2, 4, 112, 128, 3)
+        assert batch["boxes"].shape == (2, 3, 4, 4) and batch["frame_valid"].shape == (2, 3)
+        for i in range(2):
+            index = batch["frame_index"][i]
+            stride = index[1] - index[0]
+            assert stride >= 1 and np.all(np.diff(index) == stride)
+            video = batch["video_id"][i]
+            positions = [index[0] - 2 * stride, index[0] - stride, index[-1] + stride,
+                         index[-1] + 2 * stride]
+            for t in range(3):
+                np.testing.assert_array_equal(batch["images"][i, t], frames[video, index[t]])
+            for k, position in enumerate(positions):
+                np.testing.assert_array_equal(batch["context_images"][i, k], frames[video, position])
+    # Without burn-in nothing changes.
+    for a, b in zip(plain, _first_batches(_config(directory, random_flip=False, burn_in_frames=0), 3)):
+        assert set(a) == set(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    with pytest.raises(ValueError, match="burn_in_frames must be >= 0, got -1"):
+        pipeline.build_dataset(_config(directory, burn_in_frames=-1))
+
+
 def test_det_records_come_as_one_frame_clips_in_the_configured_mix(dataset_dir, tmp_path):
     directory, config = dataset_dir
     det_config = helpers.tiny_config(min_frames=1, max_frames=1, num_train_videos=3)

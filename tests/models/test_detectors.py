@@ -189,3 +189,27 @@ def test_unknown_arguments_raise():
     config.override({"memory": {"variant": "lstm"}})
     with pytest.raises(ValueError, match="variant"):
         build_model(config)
+
+
+@pytest.mark.parametrize("direction", ["bidirectional", "forward"])
+def test_stmn_burn_in_reads_the_context_frames_without_their_gradient(direction):
+    model = tiny_stmn(2, memory={"direction": direction})
+    full = make_clip(frames=7, seed=1)
+    images = tf.constant(full["images"])
+    clip = {"images": images[:, 2:5], "boxes": full["boxes"][:, 2:5], "labels": full["labels"][:, 2:5],
+            "context_images": tf.concat([images[:, :2], images[:, 5:]], axis=1)}
+    # The memory at the clip's frames is that of the whole span (forward-only: of the
+    # span up to the clip's end), at the clip's frames.
+    expected = model.memory({"images": images if direction == "bidirectional" else images[:, :5]})
+    got = model.clip_head_features(model.extract_features(clip["images"]), clip)
+    np.testing.assert_allclose(got.numpy(), expected.numpy()[:, 2:5], rtol=1e-4, atol=1e-5)
+    unburned = model.clip_head_features(model.extract_features(clip["images"]), {})
+    assert np.abs(unburned.numpy() - got.numpy()).max() > 1e-3  # the context mattered
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(clip["images"])
+        tape.watch(clip["context_images"])
+        loss = model.compute_losses(clip, training=True)["total_loss"]
+    assert tape.gradient(loss, clip["context_images"]) is None
+    assert np.abs(tape.gradient(loss, clip["images"]).numpy()).max() > 0
+    memory_kernel = model.memory_cells()[0].conv_w.kernel
+    assert np.abs(tape.gradient(loss, memory_kernel).numpy()).max() > 0
