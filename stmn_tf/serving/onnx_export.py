@@ -31,7 +31,6 @@ from stmn_tf.serving.export import export_version
 CLIP_FILE = "model.onnx"
 STREAM_FILE = "stream.onnx"
 DEFAULT_OPSET = 17
-CATCH_ERRORS_VARIABLE = "TF2ONNX_CATCH_ERRORS"  # read by tf2onnx.convert
 STREAM_STATE_OUTPUTS = {"state_memory": "next_state_memory", "state_features": "next_state_features"}
 
 
@@ -109,15 +108,13 @@ def non_standard_ops(model_proto):
     return sorted(found)
 
 
-def _from_function(function, input_signature, opset, catch_errors):
-    """`tf2onnx.convert.from_function` of a fresh `tf.function`, without a trace left.
+def convert(function, input_signature, path, opset=DEFAULT_OPSET):
+    """tf2onnx's conversion of a tf.function, the Loop fix, a check, then `path`.
 
-    `catch_errors`: tf2onnx's `TF2ONNX_CATCH_ERRORS` switch. With it, tf2onnx deep-copies
-    the whole graph before each of its optimizer passes so as to skip a pass that
-    raises; on these graphs (loops in loops) that copying made the tiny STMN's
-    `stream.onnx` take 137 s instead of 81 s (2 busy cores), so `convert` first
-    converts without it and only retries with it.
+    Returns the ONNX `ModelProto`. Raises `ExportError` if an operator outside the
+    standard ONNX domain remains.
     """
+    import onnx
     import tf2onnx
 
     function = tf.function(function, input_signature=input_signature)
@@ -126,34 +123,13 @@ def _from_function(function, input_signature, opset, catch_errors):
     # (`while_cond_function_0`, ...); a second conversion in the same process then
     # fails with "Attempting to add a duplicate function". Remove what this one added.
     before = set(context.context().list_function_names())
-    previous = os.environ.get(CATCH_ERRORS_VARIABLE)
-    os.environ[CATCH_ERRORS_VARIABLE] = "TRUE" if catch_errors else "FALSE"
     try:
         model_proto, _ = tf2onnx.convert.from_function(
             function, input_signature=input_signature, opset=opset
         )
     finally:
-        if previous is None:
-            os.environ.pop(CATCH_ERRORS_VARIABLE, None)
-        else:
-            os.environ[CATCH_ERRORS_VARIABLE] = previous
         for name in set(context.context().list_function_names()) - before:
             context.context().remove_function(name)
-    return model_proto
-
-
-def convert(function, input_signature, path, opset=DEFAULT_OPSET):
-    """tf2onnx's conversion of a tf.function, the Loop fix, a check, then `path`.
-
-    Returns the ONNX `ModelProto`. Raises `ExportError` if an operator outside the
-    standard ONNX domain remains.
-    """
-    import onnx
-
-    try:
-        model_proto = _from_function(function, input_signature, opset, catch_errors=False)
-    except Exception:  # tf2onnx raises whatever its passes raise
-        model_proto = _from_function(function, input_signature, opset, catch_errors=True)
     fix_loop_counters(model_proto)
     unknown = non_standard_ops(model_proto)
     if unknown:
