@@ -2,7 +2,7 @@
 
     python export.py [--config configs/synthetic_tiny_stmn.yaml] --checkpoint MODEL_DIR \
         --output EXPORT_DIR [--format saved_model|onnx|tflite] [--version 1] \
-        [--custom-op] [--max-detections N] \
+        [--custom-op] [--quantize float16 dynamic_int8] [--max-detections N] \
         [--params-override a.b=1,...] [--overwrite]
 
 writes EXPORT_DIR/<version>/ atomically:
@@ -10,7 +10,8 @@ writes EXPORT_DIR/<version>/ atomically:
     signatures `serving_default` (uint8 clip), `encoded_frames` (JPEG/PNG bytes) and,
     for STMN, `stream` (one frame plus the forward memory state);
   onnx: `model.onnx` (the clip) and, for STMN, `stream.onnx` (stmn_tf/serving/onnx_export.py);
-  tflite: `stream.tflite`, builtin ops only (stmn_tf/serving/tflite_export.py);
+  tflite: `stream.tflite`, builtin ops only, and with --quantize also
+    `stream_float16.tflite`, `stream_dynamic_int8.tflite` (stmn_tf/serving/tflite_export.py);
 each with assets.extra/stmn_serving.json. See the README's "Export and serving".
 """
 
@@ -45,12 +46,19 @@ def parse_args(argv=None):
         help="use the compiled Stmn>MatchTrans op (the server must have it built in); "
         "default: the pure-TF MatchTrans, standard ops only",
     )
+    parser.add_argument(
+        "--quantize", nargs="+", default=[], choices=("float16", "dynamic_int8"),
+        help="tflite: also write stream_float16.tflite (float16 weights) and/or "
+        "stream_dynamic_int8.tflite (int8 weights, float activations) beside stream.tflite",
+    )
     parser.add_argument("--max-detections", type=int, default=None, help="N of the outputs")
     parser.add_argument("--params-override", default="", help='"a.b=1,c.d=x" config overrides')
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
     args = parser.parse_args(argv)
     if args.custom_op and args.format != "saved_model":
         parser.error(f"--custom-op applies to --format saved_model, not {args.format}")
+    if args.quantize and args.format != "tflite":
+        parser.error(f"--quantize applies to --format tflite, not {args.format}")
     return args
 
 
@@ -86,7 +94,8 @@ def main(argv=None):
         elif args.format == "tflite":
             from stmn_tf.serving.tflite_export import export_tflite
 
-            path = export_tflite(model, config.eval_data.image_size, args.output, **common)
+            path = export_tflite(model, config.eval_data.image_size, args.output,
+                                 quantize=args.quantize, **common)
         else:
             path = export_saved_model(
                 model, config.eval_data.image_size, args.output, custom_op=args.custom_op, **common

@@ -48,6 +48,10 @@ import numpy as np
 import tensorflow as tf
 
 NORM_EPSILON = 1e-8  # added to each norm, as in the authors' code
+# float16 has no 1e-8 (TFLite's float16 export stores constants in it): the epsilon is
+# added to the norm taken 2^14 times larger, where it is 1.6e-4; a power of two scales
+# exactly, so float32 and float64 give the same bits as `norm + NORM_EPSILON`.
+NORM_SCALE = 2.0**14
 MIN_MASS = 1e-7  # below this the window has no positive affinity: identity
 
 DEFAULT_TILE = 8
@@ -244,6 +248,12 @@ class _Layout:
         return tf.reshape(x, [self.batch, self.height, self.width, depth])
 
 
+def _norm_plus_epsilon(x):
+    """`[N, C]` -> `[N]`: the L2 norm plus NORM_EPSILON, computed at NORM_SCALE."""
+    norm = tf.sqrt(tf.reduce_sum(tf.square(x), axis=-1))
+    return (norm * NORM_SCALE + NORM_SCALE * NORM_EPSILON) / NORM_SCALE
+
+
 def _normalised(layout, features, prev_features, affinity_power):
     """The coefficients on the grid, `[positions, (2k+1)^2]`, in the compute dtype.
 
@@ -264,8 +274,8 @@ def _normalised(layout, features, prev_features, affinity_power):
                          axis=1)  # [n, tile, 2k+1]
         rows.append(tf.reshape(band, [layout.positions, side]))
     dots = tf.reshape(tf.stack(rows, axis=1), [layout.positions, side * side])
-    norm = tf.sqrt(tf.reduce_sum(tf.square(grid), axis=-1)) + NORM_EPSILON
-    prev_norm = tf.sqrt(tf.reduce_sum(tf.square(flat), axis=-1)) + NORM_EPSILON
+    norm = _norm_plus_epsilon(grid)
+    prev_norm = _norm_plus_epsilon(flat)
     neighbour_norm = tf.gather(prev_norm, layout.window_cells())
     cosine = dots / (norm[:, None] * neighbour_norm)
     in_bounds = layout.in_bounds()

@@ -157,19 +157,14 @@ def export_saved_model(
     overwrite=False,
     checkpoint=None,
 ):
-    """Writes `model` as `output_dir/<version>/`, atomically.
+    """Writes `model` as `output_dir/<version>/`, atomically: the SavedModel's
+    `saved_model.pb`, `variables/` and the metadata file.
 
     Args:
-      model: a built `RFCN` or `STMN` with its weights (its MatchTrans implementation
-        and `max_detections` are set for the tracing and restored afterwards).
-      image_size: the evaluation data's `ImageSizeConfig` (the resize in the graph).
-      output_dir: str. The model's base directory, the one TF Serving watches.
-      version: int >= 1. The version subdirectory. Defaults to 1.
       custom_op: bool. Trace the compiled `Stmn>MatchTrans` op instead of the
         pure-TF twin. Defaults to False.
-      max_detections: optional int, N of the outputs. Defaults to the model's.
-      overwrite: bool. Replace an existing version. Defaults to False.
-      checkpoint: optional str, recorded in the metadata file.
+      model, image_size, output_dir, version, max_detections, overwrite, checkpoint:
+        as `export_version`.
 
     Returns:
       str, the version directory.
@@ -184,13 +179,9 @@ def export_saved_model(
 
         load_library()  # fails here, with how to build it, rather than mid-trace
 
-    def write(temporary):
-        module = DetectorServingModule(model, image_size)
+    def write_files(module, temporary):
         signatures = module.signatures()
         tf.saved_model.save(saveable_root(model, signatures), temporary, signatures=signatures)
-        metadata = base_metadata(module, custom_op, checkpoint)
-        metadata["format"] = "saved_model"
-        write_metadata(temporary, metadata)
         if not custom_op:
             found = custom_ops_in(temporary)
             if found:
@@ -198,8 +189,61 @@ def export_saved_model(
                     f"the portable export contains custom ops {found}; a memory cell "
                     "ignored implementation='tf'"
                 )
+        return {"format": "saved_model"}
 
-    with tracing(model, "custom_op" if custom_op else "tf", max_detections):
+    return export_version(
+        model, image_size, output_dir, write_files, version=version,
+        max_detections=max_detections, overwrite=overwrite, checkpoint=checkpoint,
+        match_trans="custom_op" if custom_op else "tf",
+    )
+
+
+def export_version(
+    model,
+    image_size,
+    output_dir,
+    write_files,
+    version=1,
+    max_detections=None,
+    overwrite=False,
+    checkpoint=None,
+    match_trans="tf",
+    nms=None,
+):
+    """What every export format shares: the trace settings, the serving module, the
+    metadata file, and the version directory written atomically.
+
+    Sets the model's MatchTrans implementation, `max_detections` and NMS for the trace
+    (`tracing`), then in a temporary version directory (`write_version`) calls
+    `write_files(module, directory)` with a `DetectorServingModule`: it writes the
+    format's files and returns the fields it adds to `base_metadata`, which is then
+    written as `assets.extra/stmn_serving.json`.
+
+    Args:
+      model: a built `RFCN` or `STMN` with its weights (its settings are restored
+        afterwards).
+      image_size: the evaluation data's `ImageSizeConfig` (the resize in the graph).
+      output_dir: str. The base directory (the one TF Serving watches).
+      write_files: callable `(module, directory) -> dict` of metadata fields.
+      version: int >= 1. The version subdirectory. Defaults to 1.
+      max_detections: optional int, N of the outputs. Defaults to the model's.
+      overwrite: bool. Replace an existing version. Defaults to False.
+      checkpoint: optional str, recorded in the metadata file.
+      match_trans: `"tf"` (the pure-TF twin) or `"custom_op"`. Defaults to "tf".
+      nms: optional decoder NMS implementation for the trace. Defaults to the model's.
+
+    Returns:
+      str, the version directory.
+    """
+
+    def write(temporary):
+        module = DetectorServingModule(model, image_size)
+        fields = write_files(module, temporary)
+        metadata = base_metadata(module, match_trans == "custom_op", checkpoint)
+        metadata.update(fields)
+        write_metadata(temporary, metadata)
+
+    with tracing(model, match_trans, max_detections, nms):
         return write_version(output_dir, version, overwrite, write)
 
 

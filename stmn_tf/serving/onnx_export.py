@@ -26,11 +26,7 @@ import tensorflow as tf
 from tensorflow.python.eager import context
 
 from stmn_tf.serving.export import ExportError
-from stmn_tf.serving.export import base_metadata
-from stmn_tf.serving.export import tracing
-from stmn_tf.serving.export import write_metadata
-from stmn_tf.serving.export import write_version
-from stmn_tf.serving.signatures import DetectorServingModule
+from stmn_tf.serving.export import export_version
 
 CLIP_FILE = "model.onnx"
 STREAM_FILE = "stream.onnx"
@@ -143,16 +139,7 @@ def convert(function, input_signature, path, opset=DEFAULT_OPSET):
     return model_proto
 
 
-def export_onnx(
-    model,
-    image_size,
-    output_dir,
-    version=1,
-    max_detections=None,
-    overwrite=False,
-    checkpoint=None,
-    opset=DEFAULT_OPSET,
-):
+def export_onnx(model, image_size, output_dir, opset=DEFAULT_OPSET, **options):
     """Writes `model.onnx` (and `stream.onnx` for STMN) as `output_dir/<version>/`.
 
     Args:
@@ -160,11 +147,9 @@ def export_onnx(
         MatchTrans; its settings are restored afterwards).
       image_size: the evaluation data's `ImageSizeConfig` (the resize in the graph).
       output_dir: str. The base directory.
-      version: int >= 1. Defaults to 1.
-      max_detections: optional int, N of the outputs. Defaults to the model's.
-      overwrite: bool. Replace an existing version. Defaults to False.
-      checkpoint: optional str, recorded in the metadata file.
       opset: int >= 17. The ONNX opset. Defaults to 17.
+      **options: `version`, `max_detections`, `overwrite`, `checkpoint`, as
+        `stmn_tf.serving.export.export_version`.
 
     Returns:
       str, the version directory.
@@ -172,8 +157,7 @@ def export_onnx(
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 17:
         raise ExportError(f"opset must be an integer >= 17, got {opset!r}")
 
-    def write(temporary):
-        module = DetectorServingModule(model, image_size)
+    def write_files(module, temporary):
         files = {}
         clip = convert(
             module.detect_clip_by_steps,
@@ -182,24 +166,16 @@ def export_onnx(
             opset,
         )
         files[CLIP_FILE] = describe(clip)
+        signatures = ["serving_default"]
         if module.is_stmn:
-            shapes = module.stream_state_shapes()
             stream = convert(
                 _stream_function(module),
-                [
-                    tf.TensorSpec([None, None, 3], tf.uint8, name="frame"),
-                    tf.TensorSpec(shapes["state_memory"], tf.float32, name="state_memory"),
-                    tf.TensorSpec(shapes["state_features"], tf.float32, name="state_features"),
-                ],
+                module.stream_input_signature(),
                 os.path.join(temporary, STREAM_FILE),
                 opset,
             )
             files[STREAM_FILE] = describe(stream)
-        metadata = base_metadata(module, False, checkpoint)
-        metadata.update(format="onnx", opset=opset, files=files)
-        metadata["signatures"] = [name for name in metadata["signatures"] if name != "encoded_frames"]
-        write_metadata(temporary, metadata)
+            signatures.append("stream")
+        return {"format": "onnx", "opset": opset, "files": files, "signatures": signatures}
 
-    with tracing(model, "tf", max_detections):
-        return write_version(output_dir, version, overwrite, write)
-
+    return export_version(model, image_size, output_dir, write_files, **options)

@@ -273,15 +273,22 @@ class DetectorServingModule:
             "encoded_frames": encoded.get_concrete_function(),
         }
         if self.is_stmn:
-            shapes = self.stream_state_shapes()
-            stream = tf.function(
-                self.detect_stream,
-                input_signature=[
-                    tf.TensorSpec([None, None, 3], tf.uint8, name="frame"),
-                    tf.TensorSpec(shapes["state_memory"], tf.float32, name="state_memory"),
-                    tf.TensorSpec(shapes["state_features"], tf.float32, name="state_features"),
-                ],
-            )
-            result["stream"] = stream.get_concrete_function()
+            result["stream"] = self.stream_function().get_concrete_function()
         return result
+
+    def stream_input_signature(self):
+        """The `stream` inputs: `frame` uint8 `[H, W, 3]`, `state_memory` float32
+        `[h, w, D]`, `state_features` float32 `[h, w, C]` (`tf.TensorSpec`s)."""
+        shapes = self.stream_state_shapes()
+        return [
+            tf.TensorSpec([None, None, 3], tf.uint8, name="frame"),
+            tf.TensorSpec(shapes["state_memory"], tf.float32, name="state_memory"),
+            tf.TensorSpec(shapes["state_features"], tf.float32, name="state_features"),
+        ]
+
+    def stream_function(self, function=None):
+        """`function` (default `detect_stream`) as a `tf.function` with the `stream`
+        input signature; the SavedModel's, the TFLite and the ONNX exports' stream."""
+        return tf.function(function or self.detect_stream,
+                           input_signature=self.stream_input_signature())
 

@@ -10,20 +10,24 @@
       `num_detections` `[]`, and the new `state_memory`, `state_features`. Forward
       memory only (see `stmn_tf.serving.signatures`); no clip model: the
       bidirectional memory needs the whole clip, and a phone streams.
-  `assets.extra/stmn_serving.json`: the model's fields, and `files` with the
-      signature's inputs and outputs (name, dtype, shape).
+  `assets.extra/stmn_serving.json`: the model's fields, and `files`: each file with
+      its `weights` dtype and the signature's inputs and outputs (name, dtype, shape).
 
 TFLite has no CombinedNonMaxSuppression builtin: the model is traced with
 `nms_implementation = "per_class"` (`stmn_tf.ops.nms`, one NON_MAX_SUPPRESSION_V5 per
 class, the same outputs). The converter runs with `TFLITE_BUILTINS` alone, so an op
 that would need the Flex delegate fails the export instead of landing in the file.
 
-Float32 only. Float16 weights (`Optimize.DEFAULT` with `supported_types=[float16]`)
-convert but the stream's memory comes out NaN from the first frame on: the
-interpreter's first NaN is MatchTrans's cosine division with the all-zero start state,
-where the norm epsilon (1e-8, below float16's smallest subnormal) becomes 0 in float16
-and 0 / 0 remains. So no quantised export is offered until that epsilon is float16-safe (int8 was
-not tried).
+`quantize=["float16"]` (`--quantize float16`) also writes `stream_float16.tflite`: the
+weights and constants stored as float16 (0.56x the file), computed in float32 by the
+interpreter's CPU kernels (or in float16 by a GPU delegate). (The MatchTrans twin adds
+its 1e-8 norm epsilon at a scale where float16 holds it; see
+`stmn_tf.ops.match_trans_tf.NORM_SCALE`.) `"dynamic_int8"` writes
+`stream_dynamic_int8.tflite`: TFLite's dynamic-range quantisation (`Optimize.DEFAULT`
+alone), int8 weights (0.36x the file) with float activations, the kernels quantising
+activations on the fly. The float32 `stream.tflite` is always written beside them, the
+reference they are checked against. Full-integer int8 (activations calibrated on a
+representative dataset) is not offered: it lost the synthetic test mAP (README).
 """
 
 import os
@@ -32,14 +36,16 @@ import tempfile
 import tensorflow as tf
 
 from stmn_tf.serving.export import ExportError
-from stmn_tf.serving.export import base_metadata
+from stmn_tf.serving.export import export_version
 from stmn_tf.serving.export import saveable_root
-from stmn_tf.serving.export import tracing
-from stmn_tf.serving.export import write_metadata
-from stmn_tf.serving.export import write_version
-from stmn_tf.serving.signatures import DetectorServingModule
 
 STREAM_FILE = "stream.tflite"
+QUANTIZATIONS = ("float16", "dynamic_int8")
+
+
+def quantized_file(quantize):
+    """The file name of a quantised stream: `stream_<quantize>.tflite`."""
+    return f"stream_{quantize}.tflite"
 
 
 def _describe(tflite_model):
@@ -60,53 +66,57 @@ def _describe(tflite_model):
     return {"inputs": io(runner.get_input_details()), "outputs": io(runner.get_output_details())}
 
 
-def convert_stream(module):
-    """The module's `stream` (per-class NMS) -> TFLite flatbuffer bytes, builtins only.
+def check_quantize(quantize):
+    """`quantize` (a sequence of names of QUANTIZATIONS) as a tuple; `ExportError` if not."""
+    if isinstance(quantize, str) or any(q not in QUANTIZATIONS for q in quantize or ()):
+        raise ExportError(f"quantize must name some of {QUANTIZATIONS}, got {quantize!r}")
+    return tuple(quantize or ())
+
+
+def convert_stream(module, quantize=()):
+    """The module's `stream` (per-class NMS) -> `{file name: TFLite flatbuffer bytes}`,
+    builtins only: `stream.tflite` (float32) and `stream_<q>.tflite` for each `q` of
+    `quantize` (names of QUANTIZATIONS).
 
     The converter reads a temporary SavedModel holding only `stream`, so that the
-    flatbuffer keeps the signature with its input and output names.
+    flatbuffer keeps the signature with its input and output names; every file is
+    converted from the same one.
     """
-    shapes = module.stream_state_shapes()
-    stream = tf.function(
-        module.detect_stream,
-        input_signature=[
-            tf.TensorSpec([None, None, 3], tf.uint8, name="frame"),
-            tf.TensorSpec(shapes["state_memory"], tf.float32, name="state_memory"),
-            tf.TensorSpec(shapes["state_features"], tf.float32, name="state_features"),
-        ],
-    ).get_concrete_function()
+    stream = module.stream_function().get_concrete_function()
+    files = {STREAM_FILE: None}
+    for q in check_quantize(quantize):
+        files[quantized_file(q)] = q
     with tempfile.TemporaryDirectory() as saved:
         signatures = {"stream": stream}
         tf.saved_model.save(saveable_root(module.model, signatures), saved, signatures=signatures)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["stream"])
-        # Builtins only: conversion fails, rather than needing the Flex delegate.
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        try:
-            return converter.convert()
-        except Exception as e:  # the converter raises ConverterError and others
-            raise ExportError(f"TFLite conversion of stream (builtins only) failed: {e}") from e
+        for name, weights in files.items():
+            converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["stream"])
+            # Builtins only: conversion fails, rather than needing the Flex delegate.
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            if weights is not None:  # dynamic_int8: DEFAULT alone
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            if weights == "float16":
+                converter.target_spec.supported_types = [tf.float16]
+            try:
+                files[name] = converter.convert()
+            except Exception as e:  # the converter raises ConverterError and others
+                raise ExportError(f"TFLite conversion of stream to {name} (builtins only) "
+                                  f"failed: {e}") from e
+    return files
 
 
-def export_tflite(
-    model,
-    image_size,
-    output_dir,
-    version=1,
-    max_detections=None,
-    overwrite=False,
-    checkpoint=None,
-):
-    """Writes `stream.tflite` as `output_dir/<version>/`.
+def export_tflite(model, image_size, output_dir, quantize=(), **options):
+    """Writes `stream.tflite` (and `stream_<quantize>.tflite`) as `output_dir/<version>/`.
 
     Args:
       model: a built `STMN` with its weights (traced with the pure-TF MatchTrans and
         the per-class NMS; its settings are restored afterwards).
       image_size: the evaluation data's `ImageSizeConfig` (the resize in the graph).
       output_dir: str. The base directory.
-      version: int >= 1. Defaults to 1.
-      max_detections: optional int, N of the outputs. Defaults to the model's.
-      overwrite: bool. Replace an existing version. Defaults to False.
-      checkpoint: optional str, recorded in the metadata file.
+      quantize: sequence of names of QUANTIZATIONS (`"float16"`, `"dynamic_int8"`):
+        also write those streams. Defaults to none.
+      **options: `version`, `max_detections`, `overwrite`, `checkpoint`, as
+        `stmn_tf.serving.export.export_version`.
 
     Returns:
       str, the version directory.
@@ -115,20 +125,16 @@ def export_tflite(
         raise ExportError(
             f"the TFLite export is the STMN stream; got a {type(model).__name__} without memory"
         )
+    quantize = check_quantize(quantize)
 
-    def write(temporary):
-        module = DetectorServingModule(model, image_size)
-        tflite_model = convert_stream(module)
-        with open(os.path.join(temporary, STREAM_FILE), "wb") as f:
-            f.write(tflite_model)
-        metadata = base_metadata(module, False, checkpoint)
-        metadata.update(
-            format="tflite",
-            dtype="float32",
-            signatures=["stream"],
-            files={STREAM_FILE: _describe(tflite_model)},
-        )
-        write_metadata(temporary, metadata)
+    weights = {STREAM_FILE: "float32", **{quantized_file(q): q for q in quantize}}
 
-    with tracing(model, "tf", max_detections, nms="per_class"):
-        return write_version(output_dir, version, overwrite, write)
+    def write_files(module, temporary):
+        described = {}
+        for name, tflite_model in convert_stream(module, quantize).items():
+            with open(os.path.join(temporary, name), "wb") as f:
+                f.write(tflite_model)
+            described[name] = {"weights": weights[name], **_describe(tflite_model)}
+        return {"format": "tflite", "signatures": ["stream"], "files": described}
+
+    return export_version(model, image_size, output_dir, write_files, nms="per_class", **options)
