@@ -44,6 +44,8 @@ float16 inputs are computed in float32 (as the compiled op accumulates them), fl
 in float64.
 """
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -153,7 +155,9 @@ class _Layout:
     into `n` tiles of `tile` positions. A neighbour tile is `tile + 2k` positions, k
     before and k after a tile; as a row holds a whole number of tiles, the neighbour
     tile of tile t at row offset dy is neighbour tile `t + dy*stride/tile` of one
-    tensor gathered once, a plain slice. Neighbours outside the map (other rows, other
+    tensor gathered once, a plain slice. The index tables (`neighbour_cells`,
+    `window_cells`, `in_bounds`) are built once per call and shared by the
+    coefficients, the weighted sum and its gradient. Neighbours outside the map (other rows, other
     images, the padding, the rows before and after the map, which read cell 0) are
     masked on the affinities and so get zero coefficients.
     """
@@ -191,6 +195,7 @@ class _Layout:
         inside = (row >= 0) & (row < self.rows) & (x < self.width)
         return tf.where(inside, row * self.width + x, tf.zeros_like(grid_positions)), inside
 
+    @functools.cached_property
     def neighbour_cells(self):
         """`[n + 2k*per_row, tile + 2k]` int32: the cell index (`cell_index`) of every
         neighbour tile's positions. Neighbour tile u covers grid positions
@@ -216,6 +221,7 @@ class _Layout:
         offsets = tf.range(-self.k, self.k + 1)
         return tf.reshape(offsets[:, None] * self.stride + offsets[None, :], [1, -1])
 
+    @functools.cached_property
     def window_cells(self):
         """`[positions, (2k+1)^2]` int32: the cell index (`cell_index`) of each
         position's neighbour at each window offset (masked by `in_bounds`)."""
@@ -227,8 +233,9 @@ class _Layout:
 
         `flags`: `[B*H*W]` bool, one per cell of the map.
         """
-        return tf.reduce_any(tf.gather(flags, self.window_cells()) & self.in_bounds(), axis=-1)
+        return tf.reduce_any(tf.gather(flags, self.window_cells) & self.in_bounds, axis=-1)
 
+    @functools.cached_property
     def in_bounds(self):
         """`[positions, (2k+1)^2]` bool: the neighbour at each offset is inside the map."""
         y = tf.range(self.height)[:, None, None]
@@ -265,7 +272,7 @@ def _normalised(layout, features, prev_features, affinity_power):
     grid = layout.grid(features)  # [positions, C]
     f = layout.tiles(grid)  # [n, tile, C]
     flat = tf.reshape(prev_features, [-1, tf.shape(prev_features)[-1]])  # [B*H*W, C]
-    neighbour_tiles = layout.neighbours(flat, layout.neighbour_cells())  # [n + .., tile + 2k, C]
+    neighbour_tiles = layout.neighbours(flat, layout.neighbour_cells)  # [n + .., tile + 2k, C]
     rows = []
     for dy in range(-layout.k, layout.k + 1):
         # The window's dot products in row dy: one [tile, C] x [C, tile + 2k] per tile.
@@ -276,9 +283,9 @@ def _normalised(layout, features, prev_features, affinity_power):
     dots = tf.reshape(tf.stack(rows, axis=1), [layout.positions, side * side])
     norm = _norm_plus_epsilon(grid)
     prev_norm = _norm_plus_epsilon(flat)
-    neighbour_norm = tf.gather(prev_norm, layout.window_cells())
+    neighbour_norm = tf.gather(prev_norm, layout.window_cells)
     cosine = dots / (norm[:, None] * neighbour_norm)
-    in_bounds = layout.in_bounds()
+    in_bounds = layout.in_bounds
     a = tf.where(in_bounds, tf.nn.relu(cosine), tf.zeros_like(cosine))
     if affinity_power != 1.0:  # 1: the authors' numbers, no pow
         a = tf.pow(a, tf.cast(affinity_power, a.dtype))
@@ -341,7 +348,7 @@ def _banded_align(layout, coefficients, memory):
         first_good = tf.minimum(
             tf.argmax(tf.concat([tf.cast(good, tf.int32), [1]], 0), output_type=tf.int32),
             tf.maximum(layout.cells - 1, 0))
-        cells = layout.neighbour_cells()
+        cells = layout.neighbour_cells
         finite_cells = tf.where(tf.gather(good, cells), cells, first_good)
         poisoned = tf.where(layout.window_any(~good)[:, None],
                             tf.constant(np.nan, coefficients.dtype), coefficients)
