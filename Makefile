@@ -7,6 +7,9 @@ OPS_LIB := stmn_tf/ops/_match_trans_ops.so
 OPS_SRC := $(wildcard custom_ops/*/*.cc custom_ops/*/*.h custom_ops/*/*.cu custom_ops/*/*.cuh) \
 	custom_ops/build.py
 PYTEST := $(PY) -m pytest -p no:cacheprovider
+# Two workers: much of a test's time is single-threaded tracing and process start-up,
+# so two share the 2 cores well; a module stays on one worker (tests/conftest.py).
+PARALLEL := -n 2 --dist loadgroup
 
 .PHONY: install ops test test-quick bench demo ablation gpu-check clean
 
@@ -26,10 +29,10 @@ ops: $(STAMP)
 	$(PY) setup.py -q build_ops --force
 
 test: install
-	$(PYTEST) --durations=30 tests
+	$(PYTEST) $(PARALLEL) --durations=30 tests
 
 test-quick: install
-	$(PYTEST) -m "not slow" tests
+	$(PYTEST) $(PARALLEL) -m "not slow" tests
 
 # Each benchmark prints a table and a final JSON line; ratios are taken within a run.
 BENCHMARKS := $(wildcard benchmarks/*.py)

@@ -88,7 +88,7 @@ setup(
     # tensorflow-serving-api: the gRPC PredictRequest of stmn_tf.serving.client (its tests).
     extras_require={
         "export": EXPORT_REQUIRES,
-        "test": ["pytest>=7", "tensorflow-serving-api==2.20.*"] + EXPORT_REQUIRES,
+        "test": ["pytest>=7", "pytest-xdist>=3", "tensorflow-serving-api==2.20.*"] + EXPORT_REQUIRES,
     },
     cmdclass={"build_ops": BuildOps, "build_py": BuildPyWithOps},
 )

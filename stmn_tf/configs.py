@@ -177,6 +177,11 @@ def _synthetic_tiny(model_type):
         # power makes them peak on the match (benchmarks/memory_transport.py,
         # docs/memory_transport.md; the ablation's motion preset in the README).
         config.model.memory.affinity_power = 4.0
+        # Two context frames before and after each 7-frame clip, read by the memory
+        # without loss: trained on clips alone, the head never sees a memory that has
+        # read more than 7 frames, and mAP fell for test windows of 11 and 15 (the
+        # memory's norm keeps growing with the frames read; README, window sweep).
+        config.train_data.burn_in_frames = 2
     else:
         steps, learning_rate, decay_steps = 3000, 0.04, [2500]
     config.train.override({"steps": steps, "checkpoint_every": 200, "summary_every": 20,

@@ -31,3 +31,14 @@ def _no_leftover_caching_device():
     if "tensorflow" in sys.modules:
         scope = sys.modules["tensorflow"].compat.v1.get_variable_scope()
         scope._caching_device = None
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs on 2 workers (pytest-xdist, `--dist loadgroup`): each test
+    module stays on one worker, so that its module fixtures are built once, and the
+    serving tests share one worker for their session fixtures (an exported model)."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    for item in items:
+        path = os.path.relpath(str(item.path), root)
+        group = "serving" if path.startswith("serving" + os.sep) else path
+        item.add_marker(pytest.mark.xdist_group(group))
