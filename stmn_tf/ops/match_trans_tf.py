@@ -18,20 +18,20 @@ to the whole tile (0 * NaN), so the neighbour tiles read a finite cell in place 
 non-finite one and the rule is applied through a NaN coefficient (index work on small
 tensors, no extra pass over the memory but the check).
 
-`match_trans` and `coefficients` compute the window as banded matrix products. The
-map's rows are laid end to end with the row length padded to `stride`, a multiple of
-the tile width: grid position `p = (b*H + y)*stride + x`, whose neighbour at offset
-`(dy, dx)` is `p + dy*stride + dx`. The grid is cut into tiles of `tile` positions;
-for each row offset dy, every tile is multiplied with its neighbour tile (the `tile +
-2k` positions from k before to k after the tile, dy rows away): `[tile, C] x [C,
-tile + 2k]`, one batched matmul over all tiles, whose band holds the window's dot
-products and is read out with a constant gather. The neighbour tiles are gathered
-once from the unpadded map (one pass, no padded copy); since a row holds a whole
-number of tiles, those of row offset dy are a plain slice of them. The weighted sum of the memory is the same product the other way round (the
-banded `[tile, tile + 2k]` coefficient matrix times the memory's `[tile + 2k, D]`
-neighbour tile), and the memory gradient is that product with the transposed
-coefficients `c'(q, o) = c(q + o, -o)`. Neighbours outside the map (past a row's
-end, in another row or image, in the padding) are masked on the small affinity
+`match_trans` and `coefficients` compute the window as matrix products of 2-D tiles.
+The map is cut into tiles of `TILE_ROWS x tile` cells (4 x 8 by default); each tile's
+`[32, C]` features are multiplied with the `[C, 96]` previous features of its
+neighbour tile (the `(4 + 2k) x (8 + 2k)` cells that hold every window of the tile),
+one batched matmul over all tiles, and the window's dot products are read out of
+that product with a constant gather. A 2-D tile covers the window's five row
+offsets in one product: a row of 8 positions against 12 neighbours per row offset
+(the previous layout) reads the features 5 times and the neighbours 7.5 times in
+matmuls too small to run near the FLOP rate; a 4 x 8 tile reads the features once
+and the neighbours 3 times. The weighted sum of the memory is the same product the
+other way round (the `[32, 96]` coefficient matrix of the tile, mostly zero, times
+the memory's `[96, D]` neighbour tile), and the memory gradient is that product with
+the transposed coefficients `c'(q, o) = c(q + o, -o)`. Neighbours outside the map
+(past its edges, in the tiles overhanging it) are masked on the small affinity
 tensor, so they are skipped, not zero padded.
 
 `match_trans_shifted` and `coefficients_shifted` are the previous formulation (25
@@ -57,6 +57,7 @@ NORM_SCALE = 2.0**14
 MIN_MASS = 1e-7  # below this the window has no positive affinity: identity
 
 DEFAULT_TILE = 8
+TILE_ROWS = 4
 
 FLOAT_DTYPES = (tf.float16, tf.float32, tf.float64)
 
@@ -124,109 +125,140 @@ def _compute_dtype(dtype):
     return tf.float64 if dtype == tf.float64 else tf.float32
 
 
-def _band_tables(tile, k):
-    """Constant tables of the band inside a `[tile, tile + 2k]` tile product.
+def _band_tables(rows, width, k):
+    """Constant tables of the band inside a `[rows*width, (rows+2k)*(width+2k)]` tile
+    product.
 
-    Row i of a tile meets its neighbour at column offset dx in column `i + dx + k` of
-    the neighbour tile (which starts k positions before the tile).
+    Query i = (iy, ix) of a tile meets its neighbour at offset (dy, dx) at neighbour
+    j = (iy + dy + k, ix + dx + k) of the neighbour tile, which starts k rows and k
+    columns before the tile.
 
     Returns:
-      read: `[tile, 2k+1]` int32, flat index `i*(tile+2k) + i + dx + k` of each band
-        entry in a `[tile, tile + 2k]` product.
-      write: `[tile, tile + 2k]` int32, for building the banded matrix from
-        `[tile, 2k+1]` values flattened with a zero appended: `i*(2k+1) + (j - i)`
-        inside the band, `tile*(2k+1)` (the zero) outside.
+      read: `[rows*width, (2k+1)^2]` int32, flat index `i*N + j` of each window entry
+        in the product (N = (rows+2k)*(width+2k)).
+      write: `[rows*width, N]` int32, for building the banded matrix from
+        `[rows*width, (2k+1)^2]` values flattened with a zero appended: the index of
+        entry (i, o) where j is i's neighbour at offset o, `rows*width*(2k+1)^2`
+        (the zero) elsewhere.
     """
     side = 2 * k + 1
-    width = tile + 2 * k
-    i = np.arange(tile)[:, None]
-    read = i * width + i + np.arange(side)[None, :]
-    offset = np.arange(width)[None, :] - i
-    write = np.where((offset >= 0) & (offset < side), i * side + np.clip(offset, 0, side - 1),
-                     tile * side)
+    span = width + 2 * k
+    count = rows * width
+    neighbours = (rows + 2 * k) * span
+    iy, ix = np.divmod(np.arange(count), width)
+    d = np.arange(side)
+    read = (np.arange(count)[:, None, None] * neighbours
+            + (iy[:, None, None] + d[None, :, None]) * span
+            + ix[:, None, None] + d[None, None, :]).reshape(count, side * side)
+    jy, jx = np.divmod(np.arange(neighbours), span)
+    oy = jy[None, :] - iy[:, None]  # dy + k
+    ox = jx[None, :] - ix[:, None]  # dx + k
+    inside = (oy >= 0) & (oy < side) & (ox >= 0) & (ox < side)
+    write = np.where(inside, np.arange(count)[:, None] * side * side
+                     + np.clip(oy, 0, side - 1) * side + np.clip(ox, 0, side - 1),
+                     count * side * side)
     return read.astype(np.int32), write.astype(np.int32)
 
 
 class _Layout:
-    """The position grid and the neighbour tiles of one call (dynamic shapes).
+    """The tiles and index tables of one call (dynamic shapes).
 
-    Positions are the map's rows laid end to end with the row length padded to
-    `stride`, a multiple of `tile`: grid position `p = (b*H + y)*stride + x`, cut
-    into `n` tiles of `tile` positions. A neighbour tile is `tile + 2k` positions, k
-    before and k after a tile; as a row holds a whole number of tiles, the neighbour
-    tile of tile t at row offset dy is neighbour tile `t + dy*stride/tile` of one
-    tensor gathered once, a plain slice. The index tables (`neighbour_cells`,
-    `window_cells`, `in_bounds`) are built once per call and shared by the
-    coefficients, the weighted sum and its gradient. Neighbours outside the map (other rows, other
-    images, the padding, the rows before and after the map, which read cell 0) are
-    masked on the affinities and so get zero coefficients.
+    The map is cut into tiles of `TILE_ROWS x tile` cells (the last ones overhanging
+    the map), n tiles in all, in the order (image, tile row, tile column); a
+    position is a cell of a tile, `p = t*TILE_ROWS*tile + iy*tile + ix`. Each tile's
+    neighbour tile is the `(TILE_ROWS + 2k) x (tile + 2k)` block of cells from k
+    rows and columns before it to k after: every window of the tile lies in it. The
+    index tables (`position_cells`, `neighbour_cells`, `window_cells`, `in_bounds`,
+    `cell_positions`) are built once per call and shared by the coefficients, the
+    weighted sum and its gradient. Positions and neighbours outside the map read
+    cell 0 (masked, or multiplied by a zero coefficient, or dropped).
     """
 
     def __init__(self, shape, k, tile):
         self.k = k
+        self.rows = TILE_ROWS
         self.tile = tile
         self.side = 2 * k + 1
         self.batch, self.height, self.width = shape[0], shape[1], shape[2]
-        self.stride = (self.width + tile - 1) // tile * tile
-        self.per_row = self.stride // tile
-        self.rows = self.batch * self.height
-        self.positions = self.rows * self.stride
-        self.n = self.rows * self.per_row
-        self.cells = self.rows * self.width  # B*H*W
-        self.tables = _band_tables(tile, k)
+        self.tile_rows = (self.height + self.rows - 1) // self.rows
+        self.tile_cols = (self.width + tile - 1) // tile
+        self.n = self.batch * self.tile_rows * self.tile_cols
+        self.count = self.rows * tile  # positions per tile
+        self.span = (self.rows + 2 * k, tile + 2 * k)
+        self.positions = self.n * self.count
+        self.cells = self.batch * self.height * self.width  # B*H*W
+        self.tables = _band_tables(self.rows, tile, k)
 
-    def grid(self, x):
-        """`[B, H, W, C]` -> `[positions, C]`, zeros in the padding columns."""
-        x = tf.reshape(x, [self.rows, self.width, tf.shape(x)[-1]])
-        x = tf.pad(x, [[0, 0], [0, self.stride - self.width], [0, 0]])
-        return tf.reshape(x, [-1, tf.shape(x)[-1]])
+    def _cell(self, image, y, x):
+        """The flat cell index of (image, y, x) (broadcast int32 tensors) and whether
+        it is inside the map; cell 0 where it is not."""
+        inside = (y >= 0) & (y < self.height) & (x >= 0) & (x < self.width)
+        cell = (image * self.height + y) * self.width + x
+        return tf.where(inside, cell, tf.zeros_like(cell)), inside
 
-    def tiles(self, grid):
-        """`[positions, C]` -> `[n, tile, C]` (a reshape)."""
-        return tf.reshape(grid, [self.n, self.tile, tf.shape(grid)[-1]])
+    @functools.cached_property
+    def _tile_origin(self):
+        """`[n]` image, first row and first column of each tile."""
+        t = tf.range(self.n)
+        image = t // tf.maximum(self.tile_rows * self.tile_cols, 1)
+        rest = t - image * self.tile_rows * self.tile_cols
+        ty = rest // tf.maximum(self.tile_cols, 1)
+        return image, ty * self.rows, (rest - ty * self.tile_cols) * self.tile
 
-    def cell_index(self, grid_positions):
-        """The map cell of grid positions (any int32 shape), as an index into the
-        flat `[B*H*W]` map, and whether it is one: positions in the padding columns
-        or in the rows before and after the map are not, and read cell 0 instead
-        (their products are masked or multiplied by a zero coefficient)."""
-        row = tf.math.floordiv(grid_positions, tf.maximum(self.stride, 1))  # W = 0: no positions
-        x = grid_positions - row * self.stride
-        inside = (row >= 0) & (row < self.rows) & (x < self.width)
-        return tf.where(inside, row * self.width + x, tf.zeros_like(grid_positions)), inside
+    @functools.cached_property
+    def _position_yx(self):
+        """`[positions]` image, y and x of each position."""
+        image, y0, x0 = self._tile_origin
+        iy, ix = np.divmod(np.arange(self.count, dtype=np.int32), self.tile)
+        return [tf.reshape(a, [-1]) for a in (
+            image[:, None] + 0 * iy[None, :], y0[:, None] + iy[None, :], x0[:, None] + ix[None, :])]
+
+    @functools.cached_property
+    def position_cells(self):
+        """`[positions]` int32: the cell of each position (0 outside the map)."""
+        return self._cell(*self._position_yx)[0]
 
     @functools.cached_property
     def neighbour_cells(self):
-        """`[n + 2k*per_row, tile + 2k]` int32: the cell index (`cell_index`) of every
-        neighbour tile's positions. Neighbour tile u covers grid positions
-        `u*tile - k*stride - k + j`, j in [0, tile + 2k)."""
-        # No neighbour tiles for an empty map: it has no cell 0 to read.
-        count = (self.n + 2 * self.k * self.per_row) * tf.cast(self.cells > 0, tf.int32)
-        start = tf.range(count) * self.tile - self.k * self.stride - self.k
-        cells, _ = self.cell_index(start[:, None] + tf.range(self.tile + 2 * self.k)[None, :])
-        return cells
-
-    def neighbours(self, flat, cells):
-        """`flat` `[B*H*W, C]`, `cells` from `neighbour_cells` -> the neighbour tiles
-        `[n + 2k*per_row, tile + 2k, C]`: one gather, no padded copy of the map."""
-        return tf.gather(flat, cells)
-
-    def at_row_offset(self, neighbour_tiles, dy):
-        """The neighbour tile of each of the n tiles at row offset dy: `[n, tile+2k, C]`."""
-        start = (self.k + dy) * self.per_row
-        return neighbour_tiles[start: start + self.n]
-
-    def offsets(self):
-        """`[1, (2k+1)^2]` int32: the grid offset `dy*stride + dx` of each window offset."""
-        offsets = tf.range(-self.k, self.k + 1)
-        return tf.reshape(offsets[:, None] * self.stride + offsets[None, :], [1, -1])
+        """`[n, (TILE_ROWS+2k)*(tile+2k)]` int32: the cell of each neighbour tile's
+        cells (0 outside the map)."""
+        image, y0, x0 = self._tile_origin
+        jy, jx = np.divmod(np.arange(self.span[0] * self.span[1], dtype=np.int32), self.span[1])
+        return self._cell(image[:, None], y0[:, None] - self.k + jy[None, :],
+                          x0[:, None] - self.k + jx[None, :])[0]
 
     @functools.cached_property
+    def _window(self):
+        image, y, x = self._position_yx
+        offsets = np.arange(-self.k, self.k + 1, dtype=np.int32)
+        dy = np.repeat(offsets, self.side)[None, :]
+        dx = np.tile(offsets, self.side)[None, :]
+        cells, inside = self._cell(image[:, None], y[:, None] + dy, x[:, None] + dx)
+        centre_inside = (y < self.height) & (x < self.width)
+        return cells, inside & centre_inside[:, None]
+
+    @property
     def window_cells(self):
-        """`[positions, (2k+1)^2]` int32: the cell index (`cell_index`) of each
-        position's neighbour at each window offset (masked by `in_bounds`)."""
-        cells, _ = self.cell_index(tf.range(self.positions)[:, None] + self.offsets())
-        return cells
+        """`[positions, (2k+1)^2]` int32: the cell of each position's neighbour at each
+        window offset (masked by `in_bounds`)."""
+        return self._window[0]
+
+    @property
+    def in_bounds(self):
+        """`[positions, (2k+1)^2]` bool: the position and its neighbour at each offset
+        are inside the map."""
+        return self._window[1]
+
+    @functools.cached_property
+    def cell_positions(self):
+        """`[B*H*W]` int32: the position of each cell of the map."""
+        cell = tf.range(self.cells)
+        image = cell // tf.maximum(self.height * self.width, 1)
+        rest = cell - image * self.height * self.width
+        y = rest // tf.maximum(self.width, 1)
+        x = rest - y * self.width
+        t = (image * self.tile_rows + y // self.rows) * self.tile_cols + x // self.tile
+        return t * self.count + (y % self.rows) * self.tile + x % self.tile
 
     def window_any(self, flags):
         """`[positions]` bool: a flagged cell in the in-bounds window of each position.
@@ -235,24 +267,10 @@ class _Layout:
         """
         return tf.reduce_any(tf.gather(flags, self.window_cells) & self.in_bounds, axis=-1)
 
-    @functools.cached_property
-    def in_bounds(self):
-        """`[positions, (2k+1)^2]` bool: the neighbour at each offset is inside the map."""
-        y = tf.range(self.height)[:, None, None]
-        x = tf.range(self.stride)[None, :, None]
-        offsets = np.arange(-self.k, self.k + 1)
-        dy = np.repeat(offsets, self.side)[None, None, :]
-        dx = np.tile(offsets, self.side)[None, None, :]
-        inside = (y + dy >= 0) & (y + dy < self.height) & (x + dx >= 0) & (x + dx < self.width)
-        inside = tf.reshape(inside, [1, self.height * self.stride, self.side * self.side])
-        return tf.reshape(tf.tile(inside, [self.batch, 1, 1]),
-                          [self.positions, self.side * self.side])
-
-    def ungrid(self, grid):
-        """`[positions, D]` -> `[B, H, W, D]` (drops the padding columns)."""
-        depth = tf.shape(grid)[-1]
-        x = tf.reshape(grid, [self.rows, self.stride, depth])[:, : self.width]
-        return tf.reshape(x, [self.batch, self.height, self.width, depth])
+    def ungrid(self, values):
+        """`[positions, D]` -> `[B, H, W, D]`."""
+        cells = tf.gather(values, self.cell_positions)
+        return tf.reshape(cells, [self.batch, self.height, self.width, tf.shape(values)[-1]])
 
 
 def _norm_plus_epsilon(x):
@@ -262,28 +280,25 @@ def _norm_plus_epsilon(x):
 
 
 def _normalised(layout, features, prev_features, affinity_power):
-    """The coefficients on the grid, `[positions, (2k+1)^2]`, in the compute dtype.
+    """The coefficients of the positions, `[positions, (2k+1)^2]`, in the compute dtype.
 
     `features`, `prev_features`: `[B, H, W, C]` in the compute dtype. NaN at the
     in-bounds offsets of positions whose window has a non-finite feature norm.
     """
     read, _ = layout.tables
-    tile, side = layout.tile, layout.side
-    grid = layout.grid(features)  # [positions, C]
-    f = layout.tiles(grid)  # [n, tile, C]
-    flat = tf.reshape(prev_features, [-1, tf.shape(prev_features)[-1]])  # [B*H*W, C]
-    neighbour_tiles = layout.neighbours(flat, layout.neighbour_cells)  # [n + .., tile + 2k, C]
-    rows = []
-    for dy in range(-layout.k, layout.k + 1):
-        # The window's dot products in row dy: one [tile, C] x [C, tile + 2k] per tile.
-        product = tf.matmul(f, layout.at_row_offset(neighbour_tiles, dy), transpose_b=True)
-        band = tf.gather(tf.reshape(product, [layout.n, tile * (tile + 2 * layout.k)]), read,
-                         axis=1)  # [n, tile, 2k+1]
-        rows.append(tf.reshape(band, [layout.positions, side]))
-    dots = tf.reshape(tf.stack(rows, axis=1), [layout.positions, side * side])
-    norm = _norm_plus_epsilon(grid)
-    prev_norm = _norm_plus_epsilon(flat)
-    neighbour_norm = tf.gather(prev_norm, layout.window_cells)
+    side = layout.side
+    flat = tf.reshape(features, [-1, tf.shape(features)[-1]])  # [B*H*W, C]
+    prev_flat = tf.reshape(prev_features, [-1, tf.shape(prev_features)[-1]])
+    queries = tf.reshape(tf.gather(flat, layout.position_cells),
+                         [layout.n, layout.count, tf.shape(flat)[-1]])
+    neighbours = tf.gather(prev_flat, layout.neighbour_cells)  # [n, N, C]
+    # Every dot product of the window, and more: [tile cells, C] x [C, neighbour cells].
+    product = tf.matmul(queries, neighbours, transpose_b=True)
+    product = tf.reshape(product, [layout.n, layout.count * layout.span[0] * layout.span[1]])
+    dots = tf.gather(product, read, axis=1)  # [n, count, side^2]
+    dots = tf.reshape(dots, [layout.positions, side * side])
+    norm = tf.gather(_norm_plus_epsilon(flat), layout.position_cells)
+    neighbour_norm = tf.gather(_norm_plus_epsilon(prev_flat), layout.window_cells)
     cosine = dots / (norm[:, None] * neighbour_norm)
     in_bounds = layout.in_bounds
     a = tf.where(in_bounds, tf.nn.relu(cosine), tf.zeros_like(cosine))
@@ -305,30 +320,25 @@ def _banded_sum(layout, coefficients, values, cells):
     """`[positions, D]`: the sum over the window of coefficient x neighbour value.
 
     `coefficients` `[positions, (2k+1)^2]` (zero outside the map), `values`
-    `[B, H, W, D]`, `cells` the neighbour tiles' cell indices (`neighbour_cells`,
-    pointing at finite values only, as the zero coefficients multiply them).
+    `[B, H, W, D]`, `cells` the neighbour tiles' cells (`neighbour_cells`, pointing
+    at finite values only, as the zero coefficients multiply them).
     """
     _, write = layout.tables
-    tile, side = layout.tile, layout.side
-    neighbour_tiles = layout.neighbours(tf.reshape(values, [-1, tf.shape(values)[-1]]), cells)
-    c = tf.reshape(coefficients, [layout.n, tile, side, side])
-    outputs = []
-    for row in range(side):
-        z = tf.reshape(c[:, :, row, :], [layout.n, tile * side])
-        z = tf.pad(z, [[0, 0], [0, 1]])  # the zero that `write` points at
-        banded = tf.gather(z, write, axis=1)  # [n, tile, tile + 2k]
-        outputs.append(tf.matmul(banded, layout.at_row_offset(neighbour_tiles, row - layout.k)))
-    return tf.reshape(tf.add_n(outputs), [layout.positions, tf.shape(values)[-1]])
+    neighbours = tf.gather(tf.reshape(values, [-1, tf.shape(values)[-1]]), cells)  # [n, N, D]
+    z = tf.reshape(coefficients, [layout.n, layout.count * layout.side * layout.side])
+    z = tf.pad(z, [[0, 0], [0, 1]])  # the zero that `write` points at
+    banded = tf.gather(z, write, axis=1)  # [n, count, N]
+    return tf.reshape(tf.matmul(banded, neighbours), [layout.positions, tf.shape(values)[-1]])
 
 
 def _transposed(layout, coefficients):
-    """`c'(q, o) = c(q + o, -o)` on the grid: the memory gradient's coefficients."""
+    """`c'(q, o) = c(q + o, -o)`: the memory gradient's coefficients, `[positions,
+    (2k+1)^2]`, zero where q + o is outside the map."""
     window = layout.side * layout.side
-    margin = layout.k * layout.stride + layout.k
-    extended = tf.reshape(tf.pad(coefficients, [[margin, margin], [0, 0]]), [-1])
-    mirrored = np.arange(window)[::-1].copy()[None, :]  # the index of -o
-    rows = tf.range(layout.positions)[:, None] + margin + layout.offsets()
-    return tf.gather(extended, rows * window + mirrored)
+    mirrored = np.arange(window, dtype=np.int32)[::-1].copy()[None, :]  # the index of -o
+    source = tf.gather(layout.cell_positions, layout.window_cells) * window + mirrored
+    values = tf.gather(tf.reshape(coefficients, [-1]), source)
+    return tf.where(layout.in_bounds, values, tf.zeros_like(values))
 
 
 def _banded_align(layout, coefficients, memory):
@@ -342,7 +352,7 @@ def _banded_align(layout, coefficients, memory):
         # their sum NaN in every channel. Index and coefficient work only, no pass
         # over the memory but the check, and no tf.cond (the exports' converter,
         # tf2onnx, does not map a cond inside the memory's loop).
-        good = tf.math.is_finite(tf.reshape(tf.reduce_sum(memory - memory, axis=-1), [-1]))
+        good = tf.reshape(tf.reduce_all(tf.math.is_finite(memory), axis=-1), [-1])
         # The first finite cell (the last cell if none is: then every window is NaN);
         # a True appended, as argmax refuses an empty map.
         first_good = tf.minimum(

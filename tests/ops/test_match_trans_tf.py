@@ -179,10 +179,16 @@ def test_dtypes(dtype, tolerance):
 
 
 def test_band_tables_by_hand():
-    """tile 3, k 1: row i meets neighbour column i + dx + 1 of a 5-wide neighbour tile."""
-    read, write = match_trans_tf._band_tables(3, 1)
-    np.testing.assert_array_equal(read, [[0, 1, 2], [6, 7, 8], [12, 13, 14]])
-    np.testing.assert_array_equal(write, [[0, 1, 2, 9, 9], [9, 3, 4, 5, 9], [9, 9, 6, 7, 8]])
+    """Tiles of 1 x 2 cells, k 1: query ix meets offset (dy, dx) at cell (dy + 1,
+    ix + dx + 1) of the 3 x 4 neighbour tile; 2 x 1 cells, k 0: each meets itself."""
+    read, write = match_trans_tf._band_tables(1, 2, 1)
+    np.testing.assert_array_equal(read, [[0, 1, 2, 4, 5, 6, 8, 9, 10],
+                                         [13, 14, 15, 17, 18, 19, 21, 22, 23]])
+    np.testing.assert_array_equal(write, [[0, 1, 2, 18, 3, 4, 5, 18, 6, 7, 8, 18],
+                                          [18, 9, 10, 11, 18, 12, 13, 14, 18, 15, 16, 17]])
+    read, write = match_trans_tf._band_tables(2, 1, 0)
+    np.testing.assert_array_equal(read, [[0], [3]])
+    np.testing.assert_array_equal(write, [[0, 2], [2, 1]])
 
 
 @pytest.mark.parametrize("tile", [0, -2, 2.5, True])
