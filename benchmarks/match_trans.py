@@ -119,7 +119,8 @@ IMPLEMENTATIONS = (
     ("tf_shifted_graph", lambda f, fp, m: match_trans_tf.match_trans_shifted(f, fp, m, K), False),
     ("tf_shifted_xla", lambda f, fp, m: match_trans_tf.match_trans_shifted(f, fp, m, K), True),
 )
-TWIN_ONLY = ("custom_op", "tf_graph", "tf_xla")
+# What the child run with oneDNN on times: the op and the new twin.
+TWIN_ONLY = tuple(i for i in IMPLEMENTATIONS if i[0] in ("custom_op", "tf_graph", "tf_xla"))
 
 
 def onednn_enabled():
@@ -168,12 +169,12 @@ def best(rows, names, key):
     return min(rows[name][key] for name in names)
 
 
-def time_cases(cases, repeats, peak, implementations, label=""):
+def time_cases(cases, repeats, peak, implementations):
     """`{"HxW": case}` for each map, printing a row per implementation."""
     result = {}
     for h, w in cases:
-        print(f"  timing {h}x{w} ({len(implementations)} implementations, {repeats} rounds)"
-              f"{label}", file=sys.stderr, flush=True)
+        print(f"  timing {h}x{w} ({len(implementations)} implementations, {repeats} rounds)",
+              file=sys.stderr, flush=True)
         rows = run_case(h, w, repeats, implementations)
         result[f"{h}x{w}"] = summarise(rows, match_trans_flops(h, w), peak)
     return result
@@ -211,8 +212,7 @@ def main(argv=None):
     args = parse_args(argv)
     repeats = 3 if args.quick else args.repeats
     cases = [(22, 38)] if args.quick else [(22, 38), (38, 63)]
-    implementations = tuple(i for i in IMPLEMENTATIONS
-                            if not args.twin_only or i[0] in TWIN_ONLY)
+    implementations = TWIN_ONLY if args.twin_only else IMPLEMENTATIONS
 
     ops.load_library()  # fail loudly here rather than fall back silently
     peak = matmul_gflops(repeats)
@@ -236,8 +236,7 @@ def main(argv=None):
     print("-" * len(header))
     print_rows(result["cases"], implementations)
     if child is not None:
-        print_rows(child["cases"], [i for i in IMPLEMENTATIONS if i[0] in TWIN_ONLY],
-                   " (oneDNN on)")
+        print_rows(child["cases"], TWIN_ONLY, " (oneDNN on)")
     print()
     for size, case in result["cases"].items():
         line = (f"{size}: op forward {case['custom_op_forward_ms_per_frame']:.2f} ms/frame, "
