@@ -1,0 +1,289 @@
+"""Does MatchTrans align in a trained STMN? The peakedness of its coefficients at the
+objects and on the background, and whether their peak sits on the objects' motion.
+
+    python -m stmn_tf.evaluation.alignment --model-dir DIR [--max-videos N] [--output F]
+
+For every pair of consecutive frames `(t-1, t)` of the eval split's videos, sampled as
+the test windows sample them (`stride` interleaved sub-sequences), the forward
+coefficients that the model's memory uses, `match_trans_coefficients(F_t, F_{t-1}, k,
+affinity_power=p)` with the cell's own `k` and `p` (`[h, w, (2k+1)^2]`, offset
+`(dy, dx)` at `(dy+k)*(2k+1) + (dx+k)`), are summarised over three sets of feature cells
+(cell centres mapped to the original frame as in `stmn_tf.evaluation.saliency`):
+
+- `object`: cells inside a ground-truth box at t;
+- `background`: cells in the frame and outside every box;
+- `track`: the cell holding a track's box centre at t, when the same track is in frame
+  t-1. Its true offset is the cell of that track's centre at t-1 minus the cell at t
+  (the coefficient at `(dy, dx)` weights `M_{t-1}` at `(y+dy, x+dx)`), counted when it
+  lies in the window.
+
+Per set: the mean largest weight, the mean entropy in nats, the mean weight on the zero
+offset, and for `track` also the mean weight on the true offset and how often the
+largest weight is on it. Uniform weights over a full window are `1/(2k+1)^2` and
+`ln (2k+1)^2` nats (0.04 and 3.22 for k = 2): nearly uniform coefficients are a blur of
+the memory, not an alignment (paper Sec. 3.3; the authors' ReLU'd cosine on
+non-negative features).
+
+A model without alignment (STMN-No-MatchTrans) is measured too: the numbers are what
+MatchTrans would compute on its features.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+from stmn_tf.evaluation.saliency import box_cell_mask
+from stmn_tf.evaluation.saliency import cell_centers_xy
+from stmn_tf.evaluation.saliency import saliency_clips
+
+SETS = ("object", "background", "track")
+
+
+def point_cells(points_xy, map_size, padded_size, image_size, original_size):
+    """The feature cells `(row, col)` holding original-frame pixels.
+
+    Args:
+        points_xy: `[N, 2]` pixel `(x, y)` in the original frame.
+        map_size, padded_size, image_size, original_size: as
+            `stmn_tf.evaluation.saliency.cell_centers_xy`.
+
+    Returns:
+        `[N, 2]` int64 `(row, col)`, clipped to the map.
+    """
+    points = np.asarray(points_xy, np.float64).reshape(-1, 2)
+    hf, wf = (int(s) for s in map_size)
+    canvas_x = points[:, 0] * image_size[1] / original_size[1]
+    canvas_y = points[:, 1] * image_size[0] / original_size[0]
+    rows = np.clip(np.floor(canvas_y * hf / padded_size[0]), 0, hf - 1)
+    cols = np.clip(np.floor(canvas_x * wf / padded_size[1]), 0, wf - 1)
+    return np.stack([rows, cols], axis=1).astype(np.int64)
+
+
+def _entropy(weights):
+    """`[N, K]` -> `[N]` nats, with 0 log 0 = 0."""
+    safe = np.where(weights > 0, weights, 1.0)
+    return -np.sum(np.where(weights > 0, weights * np.log(safe), 0.0), axis=-1)
+
+
+class AlignmentStats:
+    """Accumulates the coefficients' statistics over frames (module docstring).
+
+    `add(coefficients, boxes, prev_boxes, track_ids, prev_track_ids, padded_size,
+    image_size, original_size)` per frame t > 0 of a sub-sequence; `result()` gives, per
+    set, `{"cells", "largest", "entropy", "zero_offset"}` (means; None without cells)
+    and for `track` also `"true_offset"`, `"argmax_on_true"` (over the tracks whose
+    true offset is in the window) and `"in_window"` (the fraction of tracks whose offset
+    is), plus `"uniform_largest"`, `"uniform_entropy"` and `"frames"`.
+    """
+
+    def __init__(self, k):
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        self.k = int(k)
+        self.side = 2 * self.k + 1
+        self.sums = {name: {"cells": 0, "largest": 0.0, "entropy": 0.0, "zero_offset": 0.0}
+                     for name in SETS}
+        self.tracks = 0
+        self.reachable = 0
+        self.true_weight = 0.0
+        self.true_argmax = 0
+        self.frames = 0
+
+    def _add_cells(self, name, weights):
+        sums = self.sums[name]
+        sums["cells"] += len(weights)
+        sums["largest"] += float(weights.max(axis=-1).sum()) if len(weights) else 0.0
+        sums["entropy"] += float(_entropy(weights).sum())
+        sums["zero_offset"] += float(weights[:, self.k * self.side + self.k].sum())
+
+    def add(self, coefficients, boxes_xyxy, prev_boxes_xyxy, track_ids, prev_track_ids,
+            padded_size, image_size, original_size):
+        """One frame t, with the ground truth of t and t-1.
+
+        Args:
+            coefficients: `[hf, wf, (2k+1)^2]`.
+            boxes_xyxy, prev_boxes_xyxy: `[N, 4]`, `[M, 4]` pixel xyxy at t and t-1.
+            track_ids, prev_track_ids: `[N]`, `[M]`.
+            padded_size, image_size, original_size: as `cell_centers_xy`.
+        """
+        coefficients = np.asarray(coefficients, np.float64)
+        if coefficients.ndim != 3 or coefficients.shape[-1] != self.side ** 2:
+            raise ValueError(f"coefficients must be [hf, wf, {self.side ** 2}] for k = "
+                             f"{self.k}, got shape {coefficients.shape}")
+        map_size = coefficients.shape[:2]
+        _, _, in_frame = cell_centers_xy(map_size, padded_size, image_size, original_size)
+        inside = box_cell_mask(boxes_xyxy, map_size, padded_size, image_size,
+                               original_size) & in_frame
+        self._add_cells("object", coefficients[inside])
+        self._add_cells("background", coefficients[in_frame & ~inside])
+
+        boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+        prev_boxes = np.asarray(prev_boxes_xyxy, np.float64).reshape(-1, 4)
+        previous = {int(t): i for i, t in enumerate(np.asarray(prev_track_ids).reshape(-1))}
+        pairs = [(i, previous[int(t)]) for i, t in enumerate(np.asarray(track_ids).reshape(-1))
+                 if int(t) in previous]
+        if pairs:
+            now = point_cells([(boxes[i, :2] + boxes[i, 2:]) / 2 for i, _ in pairs], map_size,
+                              padded_size, image_size, original_size)
+            before = point_cells([(prev_boxes[j, :2] + prev_boxes[j, 2:]) / 2 for _, j in pairs],
+                                 map_size, padded_size, image_size, original_size)
+            weights = coefficients[now[:, 0], now[:, 1]]
+            self._add_cells("track", weights)
+            offsets = before - now  # (dy, dx)
+            reach = np.all(np.abs(offsets) <= self.k, axis=1)
+            index = (offsets[:, 0] + self.k) * self.side + offsets[:, 1] + self.k
+            self.tracks += len(pairs)
+            for w, i, ok in zip(weights, index, reach):
+                if ok:
+                    self.true_weight += float(w[i])
+                    self.true_argmax += int(np.argmax(w) == i)
+            self.reachable += int(reach.sum())
+        self.frames += 1
+
+    def result(self):
+        out = {}
+        for name, sums in self.sums.items():
+            n = sums["cells"]
+            out[name] = {"cells": n, **{key: (sums[key] / n if n else None)
+                                        for key in ("largest", "entropy", "zero_offset")}}
+        reachable = self.reachable
+        out["track"].update({
+            "true_offset": self.true_weight / reachable if reachable else None,
+            "argmax_on_true": self.true_argmax / reachable if reachable else None,
+            "in_window": reachable / self.tracks if self.tracks else None,
+        })
+        out.update({"uniform_largest": 1.0 / self.side ** 2,
+                    "uniform_entropy": math.log(self.side ** 2), "frames": self.frames})
+        return out
+
+
+def evaluate_alignment(model, videos, stride, progress=False):
+    """The coefficients' statistics of an STMN over videos.
+
+    Args:
+        model: an `STMN` (`extract_features(images [1, T, Hp, Wp, 3])` ->
+            `[1, T, hf, wf, C]`, `memory_cells()`).
+        videos: iterable of `(video_id, PreparedFrame)` in order, ground truth in
+            `frame["meta"]["groundtruth"]` (`"boxes"` pixel xyxy, `"track_ids"`), e.g.
+            `stmn_tf.evaluation.run.eval_frames(config.eval_data)`.
+        stride: sub-sequence stride (the test windows' `eval.stride`).
+        progress: show a tqdm bar over the videos.
+
+    Returns:
+        `AlignmentStats.result()` plus `"videos"`, `"k"`, `"affinity_power"` and
+        `"align"` (whether the model's memory uses the coefficients).
+    """
+    import tensorflow as tf
+
+    from stmn_tf.ops.match_trans_op import match_trans_coefficients
+
+    cell = model.memory_cells()[0]  # the forward cell: its k and p are MatchTrans'
+    k, power = int(cell.k), float(cell.affinity_power)
+    stats = AlignmentStats(k)
+
+    def score(frames):
+        # Every frame's features once; then each sub-sequence's consecutive pairs.
+        images = np.stack([np.asarray(f["image"], np.float32) for f in frames])
+        features = model.extract_features(tf.convert_to_tensor(images[None]))[0]
+        for clip in saliency_clips(len(frames), len(frames), stride):
+            if len(clip) < 2:
+                continue
+            now = tf.gather(features, clip[1:])
+            before = tf.gather(features, clip[:-1])
+            coefficients = np.asarray(match_trans_coefficients(
+                now, before, k=k, implementation="tf", affinity_power=power))
+            for c, p, q in zip(coefficients, clip[1:], clip[:-1]):
+                truth, prev = (frames[i]["meta"]["groundtruth"] for i in (p, q))
+                stats.add(c, truth["boxes"], prev["boxes"], truth["track_ids"],
+                          prev["track_ids"], images.shape[1:3], frames[p]["image_size"],
+                          frames[p]["original_size"])
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="alignment", unit="video", leave=False)
+    num_videos, current, frames = 0, None, []
+    for video_id, frame in videos:
+        if video_id != current and frames:
+            score(frames)
+            frames = []
+            if bar is not None:
+                bar.update(1)
+        if video_id != current:
+            num_videos += 1
+            current = video_id
+        frames.append(frame)
+    if frames:
+        score(frames)
+    if bar is not None:
+        bar.close()
+    return {**stats.result(), "videos": num_videos, "k": k, "affinity_power": power,
+            "align": bool(cell.align)}
+
+
+def format_table(results):
+    """Markdown rows for `{name: evaluate_alignment(...)}`."""
+    def cell(value, fmt):
+        return "n/a" if value is None else format(value, fmt)
+
+    lines = ["| model | cells | largest weight | entropy (nats) | weight on zero offset "
+             "| weight on true offset | argmax on true |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, result in results.items():
+        for part in SETS:
+            r = result[part]
+            true = (cell(r.get("true_offset"), ".3f"), cell(r.get("argmax_on_true"), ".0%"))
+            lines.append(f"| {name} | {part} ({r['cells']}) | {cell(r['largest'], '.3f')} "
+                         f"| {cell(r['entropy'], '.2f')} | {cell(r['zero_offset'], '.3f')} "
+                         f"| {true[0] if part == 'track' else ''} "
+                         f"| {true[1] if part == 'track' else ''} |")
+    any_result = next(iter(results.values()))
+    lines.append(f"\nUniform over the window: largest {any_result['uniform_largest']:.3f}, "
+                 f"entropy {any_result['uniform_entropy']:.2f} nats.")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", required=True, nargs="+",
+                        help="train.py model directories of STMNs (config.yaml and checkpoints)")
+    parser.add_argument("--max-videos", type=int, default=0, help="0: every eval video")
+    parser.add_argument("--data", default=None, help="eval file pattern (default: the config's)")
+    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    from stmn_tf.configs import load_config
+    from stmn_tf.data import synthetic
+    from stmn_tf.evaluation import run as eval_run
+    from stmn_tf.training import checkpointing
+
+    results = {}
+    for model_dir in args.model_dir:
+        config_path = os.path.join(model_dir, "config.yaml")
+        if not os.path.exists(config_path):
+            parser.error(f"--model-dir {model_dir}: no config.yaml (not a train.py model directory)")
+        config = synthetic.resolve_synthetic_data(load_config(config_path))
+        if config.model.type != "stmn":
+            parser.error(f"--model-dir {model_dir}: model.type is {config.model.type!r}, "
+                         "not an STMN")
+        if args.data:
+            config.eval_data.input_path = args.data
+        model = checkpointing.restore_model(config, model_dir)[0]
+        videos = eval_run.eval_frames(config.eval_data, args.max_videos or None)
+        results[os.path.basename(os.path.normpath(model_dir))] = evaluate_alignment(
+            model, videos, config.eval.stride, progress=True)
+    print("\n".join(format_table(results)))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(results, f, indent=1)
+    print(json.dumps({name: {part: r[part] for part in SETS} for name, r in results.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
