@@ -6,7 +6,7 @@ objects and on the background, and whether their peak sits on the objects' motio
 For every pair of consecutive frames `(t-1, t)` of the eval split's videos, sampled as
 the test windows sample them (`stride` interleaved sub-sequences), the forward
 coefficients that the model's memory uses, `match_trans_coefficients(F_t, F_{t-1}, k,
-affinity_power=p)` with the cell's own `k` and `p` (`[h, w, (2k+1)^2]`, offset
+affinity_power=p, centre_features=...)` with the cell's own settings (`[h, w, (2k+1)^2]`, offset
 `(dy, dx)` at `(dy+k)*(2k+1) + (dx+k)`), are summarised over three sets of feature cells
 (cell centres mapped to the original frame as in `stmn_tf.evaluation.saliency`):
 
@@ -174,8 +174,8 @@ def evaluate_alignment(model, videos, stride, progress=False):
         progress: show a tqdm bar over the videos.
 
     Returns:
-        `AlignmentStats.result()` plus `"videos"`, `"k"`, `"affinity_power"` and
-        `"align"` (whether the model's memory uses the coefficients).
+        `AlignmentStats.result()` plus `"videos"`, `"k"`, `"affinity_power"`,
+        `"centre_features"` and `"align"` (whether the model's memory uses the coefficients).
     """
     import tensorflow as tf
 
@@ -183,6 +183,7 @@ def evaluate_alignment(model, videos, stride, progress=False):
 
     cell = model.memory_cells()[0]  # the forward cell: its k and p are MatchTrans'
     k, power = int(cell.k), float(cell.affinity_power)
+    centre = bool(cell.centre_features)
     stats = AlignmentStats(k)
 
     def score(frames):
@@ -195,7 +196,8 @@ def evaluate_alignment(model, videos, stride, progress=False):
             now = tf.gather(features, clip[1:])
             before = tf.gather(features, clip[:-1])
             coefficients = np.asarray(match_trans_coefficients(
-                now, before, k=k, implementation="tf", affinity_power=power))
+                now, before, k=k, implementation="tf", affinity_power=power,
+                centre_features=centre))
             for c, p, q in zip(coefficients, clip[1:], clip[:-1]):
                 truth, prev = (frames[i]["meta"]["groundtruth"] for i in (p, q))
                 stats.add(c, truth["boxes"], prev["boxes"], truth["track_ids"],
@@ -223,7 +225,7 @@ def evaluate_alignment(model, videos, stride, progress=False):
     if bar is not None:
         bar.close()
     return {**stats.result(), "videos": num_videos, "k": k, "affinity_power": power,
-            "align": bool(cell.align)}
+            "centre_features": centre, "align": bool(cell.align)}
 
 
 def format_table(results):

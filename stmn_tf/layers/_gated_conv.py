@@ -74,7 +74,7 @@ class GatedConvCell(keras.layers.Layer):
     # The constructor arguments, in order; the recurrent layers expose them too.
     ARGUMENTS = ("filters", "kernel_size", "k", "align", "input_scale", "implementation",
                  "kernel_initializer", "recurrent_initializer", "bias_initializer",
-                 "affinity_power")
+                 "affinity_power", "centre_features")
 
     def __init__(
         self,
@@ -88,10 +88,13 @@ class GatedConvCell(keras.layers.Layer):
         recurrent_initializer="glorot_uniform",
         bias_initializer="zeros",
         affinity_power=1.0,
+        centre_features=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_affinity_power(affinity_power)
+        if not isinstance(centre_features, bool):
+            raise ValueError(f"centre_features must be True or False, got {centre_features!r}")
         if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
             raise ValueError(f"filters must be a positive integer, got {filters!r}")
         if implementation not in IMPLEMENTATIONS:
@@ -174,7 +177,7 @@ class GatedConvCell(keras.layers.Layer):
             )
         aligned = match_trans(
             features, prev_features, memory, k=self.k, implementation=self.implementation,
-            affinity_power=self.affinity_power,
+            affinity_power=self.affinity_power, centre_features=self.centre_features,
         )
         return keras.ops.cast(aligned, dtype)
 

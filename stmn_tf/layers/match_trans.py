@@ -31,6 +31,10 @@ class MatchTrans(keras.layers.Layer):
             loads, else `"tf"`). Defaults to `"auto"`.
         affinity_power: float, finite, > 0. The power p above. Defaults to 1.0,
             the authors' formula.
+        centre_features: bool. The cosine reads each frame's features minus their
+            mean over the frame's positions (`stmn_tf.ops.match_trans`), so that what
+            all positions share does not make every pair alike. Defaults to False,
+            the authors' formula.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -53,12 +57,16 @@ class MatchTrans(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, k=2, implementation="auto", affinity_power=1.0, **kwargs):
+    def __init__(self, k=2, implementation="auto", affinity_power=1.0, centre_features=False,
+                 **kwargs):
         super().__init__(**kwargs)
         check_affinity_power(affinity_power)
+        if not isinstance(centre_features, bool):
+            raise ValueError(f"centre_features must be True or False, got {centre_features!r}")
         self.k = k
         self.implementation = implementation
         self.affinity_power = affinity_power
+        self.centre_features = centre_features
 
     def call(self, inputs):
         features, prev_features, prev_memory = inputs
@@ -69,6 +77,7 @@ class MatchTrans(keras.layers.Layer):
             k=self.k,
             implementation=self.implementation,
             affinity_power=self.affinity_power,
+            centre_features=self.centre_features,
         )
 
     def compute_output_shape(self, input_shape):
@@ -77,5 +86,6 @@ class MatchTrans(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"k": self.k, "implementation": self.implementation,
-                       "affinity_power": self.affinity_power})
+                       "affinity_power": self.affinity_power,
+                       "centre_features": self.centre_features})
         return config

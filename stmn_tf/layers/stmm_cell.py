@@ -53,6 +53,10 @@ class STMMCell(GatedConvCell):
             (ReLU'd) features every cosine is positive and p = 1 gives nearly
             uniform weights, a blur of the memory; p > 1 concentrates them on the
             best matches. Defaults to 1.0, the authors' formula.
+        centre_features: bool. MatchTrans' cosine reads each frame's features minus
+            their mean over the frame's positions, so that what all positions share
+            does not make every pair alike (`stmn_tf.ops.match_trans`). Defaults to
+            False, the authors' formula.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -81,10 +85,11 @@ class STMMCell(GatedConvCell):
     def __init__(self, filters, kernel_size=3, k=2, align=True, std_multiplier=3.0,
                  input_scale=1.0, implementation="auto", kernel_initializer="glorot_uniform",
                  recurrent_initializer="glorot_uniform", bias_initializer="zeros",
-                 affinity_power=1.0, **kwargs):
+                 affinity_power=1.0, centre_features=False, **kwargs):
         super().__init__(filters, kernel_size, k, align, input_scale, implementation,
                          kernel_initializer, recurrent_initializer, bias_initializer,
-                         affinity_power=affinity_power, **kwargs)
+                         affinity_power=affinity_power, centre_features=centre_features,
+                         **kwargs)
         self.std_multiplier = std_multiplier
 
     def _gate(self, x):

@@ -114,7 +114,8 @@ def build_memory(config):
 
     The cell and the alignment come from `variant` (`stmn_tf.variants.VARIANTS`, Table 2)
     unless `cell` / `align` say otherwise; `affinity_power` sharpens MatchTrans (1.0,
-    the authors' formula, by default). `bidirectional`: a `BidirectionalSTMM` of
+    the authors' formula, by default) and `centre_features` centres the features its
+    cosine reads (False, the authors', by default). `bidirectional`: a `BidirectionalSTMM` of
     `filters` channels per direction; `forward`: one `STMM` (or `ConvGRU`) of
     `2 * filters` channels, so that the layers after it keep their shapes.
     """
@@ -124,6 +125,9 @@ def build_memory(config):
     if (isinstance(power, bool) or not isinstance(power, (int, float))
             or not math.isfinite(power) or power <= 0):
         raise ValueError(f"memory.affinity_power must be a finite number > 0, got {power!r}")
+    if not isinstance(config.centre_features, bool):
+        raise ValueError(f"memory.centre_features must be true or false, got "
+                         f"{config.centre_features!r}")
     variant = get_variant(config.variant)
     cell = config.cell if config.cell is not None else variant.cell
     common = dict(
@@ -132,6 +136,7 @@ def build_memory(config):
         input_scale=config.input_scale,
         implementation=config.implementation,
         affinity_power=power,
+        centre_features=config.centre_features,
     )
     if cell == "stmm":
         common["std_multiplier"] = config.std_multiplier

@@ -93,6 +93,9 @@ class MemoryConfig(hyperparams.Config):
     # MatchTrans' coefficients max(0, cos)^p / sum: 1.0 is the authors' formula; > 1
     # sharpens them where non-negative features make every cosine positive.
     affinity_power: float = 1.0
+    # MatchTrans' cosine on each frame's features minus their mean over the frame's
+    # positions: False is the authors' formula.
+    centre_features: bool = False
 
 
 @dataclasses.dataclass

@@ -18,6 +18,14 @@ the default), the window's coefficients come out nearly uniform: a box blur of t
 memory rather than an alignment. A power p > 1 keeps the order of the affinities and
 concentrates the weight on the best matches.
 
+`centre_features`, also ours: the cosine reads each frame's features minus their mean
+over the frame's positions, `F_t(p) - mean_q F_t(q)` (and the same for `F_{t-1}` with
+its own mean), so that what every position shares (all of it positive after a ReLU)
+no longer makes every pair alike; cosines of centred features are negative for
+dissimilar positions, and the ReLU removes them. Centring is standard TensorFlow
+around either implementation. A non-finite feature anywhere in a frame then makes its
+mean, and so every position's output, NaN.
+
 Odd input, the same in both implementations: NaN or Inf in a position's window gives
 NaN in that position's output (the exact rule is in match_trans_tf's docstring); zero
 feature channels give the identity fallback; non-float or mismatched dtypes are
@@ -118,6 +126,13 @@ def _check_k(k):
         raise ValueError(f"MatchTrans: k must be an integer >= 0, got {k!r}")
 
 
+def _check_centre(centre_features):
+    if not isinstance(centre_features, bool):
+        raise ValueError(f"MatchTrans: centre_features must be True or False, got "
+                         f"{centre_features!r}")
+    return centre_features
+
+
 def _fmt(shape):
     """A shape as the kernel prints it: [4,5,3], with ? for unknown dimensions."""
     return "[" + ",".join("?" if d is None else str(d) for d in shape.as_list()) + "]"
@@ -184,8 +199,13 @@ def _match_trans_grad(op, grad_aligned, grad_coefficients):
 # Public API.
 
 
+def centred(features):
+    """`[B, H, W, C]` minus its mean over the H x W positions (module docstring)."""
+    return features - tf.reduce_mean(features, axis=[1, 2], keepdims=True)
+
+
 def match_trans(features, prev_features, prev_memory, k=2, implementation="auto",
-                affinity_power=1.0):
+                affinity_power=1.0, centre_features=False):
     """Aligns `prev_memory` to `features` with MatchTrans.
 
     Args:
@@ -200,6 +220,8 @@ def match_trans(features, prev_features, prev_memory, k=2, implementation="auto"
       affinity_power: float, finite and > 0. The power of the ReLU'd cosines before
         the normalisation (module docstring); 1.0, the default, is the authors'
         formula. Held as float32, as the op's attr.
+      centre_features: bool. Centre each frame's features over its positions before
+        the cosine (module docstring). Defaults to False, the authors' formula.
 
     Returns:
       The aligned memory, `[B, H, W, D]`, same dtype as the inputs.
@@ -211,6 +233,8 @@ def match_trans(features, prev_features, prev_memory, k=2, implementation="auto"
     power = match_trans_tf.check_affinity_power(affinity_power)
     features, prev_features, prev_memory = _convert(features, prev_features, prev_memory)
     _check_inputs(features, prev_features, prev_memory)
+    if _check_centre(centre_features):
+        features, prev_features = centred(features), centred(prev_features)
     if _resolve(implementation) == "custom_op":
         return _op_match_trans(features, prev_features, prev_memory, k, power)
     return match_trans_tf.match_trans(features, prev_features, prev_memory, k,
@@ -218,7 +242,7 @@ def match_trans(features, prev_features, prev_memory, k=2, implementation="auto"
 
 
 def match_trans_coefficients(features, prev_features, k=2, implementation="tf",
-                             affinity_power=1.0):
+                             affinity_power=1.0, centre_features=False):
     """The normalised MatchTrans coefficients.
 
     Args:
@@ -227,6 +251,7 @@ def match_trans_coefficients(features, prev_features, k=2, implementation="tf",
       k: int. The window radius. Defaults to 2.
       implementation: as in `match_trans`. Defaults to `"tf"`.
       affinity_power: as in `match_trans`. Defaults to 1.0.
+      centre_features: as in `match_trans`. Defaults to False.
 
     Returns:
       `[B, H, W, (2k+1)^2]`: for each position, the ReLU'd cosine affinities to the
@@ -239,6 +264,8 @@ def match_trans_coefficients(features, prev_features, k=2, implementation="tf",
     power = match_trans_tf.check_affinity_power(affinity_power)
     features, prev_features, _ = _convert(features, prev_features)
     _check_inputs(features, prev_features)
+    if _check_centre(centre_features):
+        features, prev_features = centred(features), centred(prev_features)
     if _resolve(implementation) == "custom_op":
         match_trans_self_check.ensure_checked()
         memory = tf.zeros(tf.concat([tf.shape(features)[:3], [0]], 0), features.dtype)

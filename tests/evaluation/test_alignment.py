@@ -72,7 +72,7 @@ class ShiftingModel:
     memory cell's `k` and `affinity_power` as an STMN's."""
 
     class Cell:
-        k, affinity_power, align = 2, 4.0, True
+        k, affinity_power, centre_features, align = 2, 4.0, False, True
 
     def __init__(self, codes, object_code):
         self.codes = codes  # [hf, wf, C]

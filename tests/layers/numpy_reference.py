@@ -35,9 +35,14 @@ def bn_star(x, std_multiplier=3.0):
     return np.clip(x, 0.0, upper_bound) / upper_bound, upper_bound
 
 
-def match_trans(features, prev_features, prev_memory, k, affinity_power=1.0):
+def match_trans(features, prev_features, prev_memory, k, affinity_power=1.0,
+                centre_features=False):
     """Per position and offset: ReLU'd cosine over in-bounds neighbours, raised to
-    `affinity_power`, normalised."""
+    `affinity_power`, normalised; with `centre_features`, the cosine of each frame's
+    features minus their mean over its positions."""
+    if centre_features:
+        features = features - features.mean(axis=(1, 2), keepdims=True)
+        prev_features = prev_features - prev_features.mean(axis=(1, 2), keepdims=True)
     batch, height, width, _ = features.shape
     out = np.zeros(prev_memory.shape, dtype=np.float64)
     for b in range(batch):
@@ -65,13 +70,14 @@ def match_trans(features, prev_features, prev_memory, k, affinity_power=1.0):
 
 
 def stmm_step(weights, features, prev_features, memory, *, k, align, scale=1.0,
-              std_multiplier=3.0, gru=False, affinity_power=1.0):
+              std_multiplier=3.0, gru=False, affinity_power=1.0, centre_features=False):
     """The authors' STMM step (or the ConvGRU step when `gru`).
 
     weights: dict with kernels w, z_w, r_w, u, z_u, r_u and biases b_w, b_z, b_r.
     Returns (new memory, z, r).
     """
-    m = match_trans(features, prev_features, memory, k, affinity_power) if align else memory
+    m = (match_trans(features, prev_features, memory, k, affinity_power, centre_features)
+         if align else memory)
     wf = scale * conv2d_same(features, weights["w"], weights["b_w"])
     zf = scale * conv2d_same(features, weights["z_w"], weights["b_z"])
     rf = scale * conv2d_same(features, weights["r_w"], weights["b_r"])

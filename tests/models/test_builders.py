@@ -94,6 +94,18 @@ def test_affinity_power_reaches_the_memory():
     assert build_model(config).memory_layer.cell.affinity_power == 4
 
 
+def test_centre_features_reaches_the_memory():
+    config = tiny_model_config("stmn")
+    assert config.memory.centre_features is False  # the authors' MatchTrans by default
+    config.override({"memory": {"centre_features": True}})
+    model = build_model(config)
+    assert all(cell.centre_features is True for cell in model.memory_cells())
+    assert model.get_config()["memory"]["config"]["layer"]["config"]["centre_features"] is True
+    config.memory.centre_features = "yes"
+    with pytest.raises(ValueError, match="memory.centre_features must be true or false"):
+        build_model(config)
+
+
 @pytest.mark.parametrize("power", [0.0, -2.0, float("inf"), float("nan")])
 def test_bad_affinity_power_is_named(power):
     config = tiny_model_config("stmn")

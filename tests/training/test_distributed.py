@@ -1,4 +1,5 @@
-"""train.py under MirroredStrategy and MultiWorkerMirroredStrategy, and a SIGKILL.
+"""train.py under MirroredStrategy and MultiWorkerMirroredStrategy (SIGKILL and resume:
+tests/training/test_resume.py).
 
 Each case runs in fresh processes: splitting the CPU into logical devices and
 TF_CONFIG must precede TensorFlow's initialisation.
@@ -8,10 +9,8 @@ import glob
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -44,40 +43,6 @@ def test_mirrored_step_matches_one_device():
     # The weights moved, and by the same amounts (float32 summation order aside).
     assert report["update"] > 1e-3
     assert report["difference"] < 1e-4 * report["update"]
-
-
-def test_sigkill_then_resume(tmp_path, data_dir):
-    """Kills train.py (a checkpoint every step, so the kill may land in a save) and
-    restarts it: it resumes from the last complete checkpoint. The tiny R-FCN on one
-    device keeps it short; the checkpoint code is the same for every strategy."""
-    model_dir = str(tmp_path / "model")
-    command = helpers.train_command("synthetic_tiny_rfcn", model_dir, data_dir, 200,
-                                    "--strategy", "one_device",
-                                    train__checkpoint_every=1, train__image_summary_every=0)
-    process = subprocess.Popen(command, cwd=str(tmp_path), env=helpers.environment(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 240
-        while not glob.glob(f"{model_dir}/ckpt-5.*") and time.time() < deadline:
-            assert process.poll() is None, process.stdout.read()[-3000:]
-            time.sleep(0.05)
-        assert glob.glob(f"{model_dir}/ckpt-5.*"), "no checkpoint within the time limit"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    with open(os.path.join(model_dir, "checkpoint")) as f:
-        state = f.read()
-    last = int(re.search(r'^model_checkpoint_path: ".*ckpt-(\d+)"', state, re.M).group(1))
-    assert last >= 2
-
-    command = helpers.train_command("synthetic_tiny_rfcn", model_dir, data_dir, last + 2,
-                                    "--strategy", "one_device",
-                                    train__checkpoint_every=1, train__image_summary_every=0)
-    result = helpers.run(command, cwd=str(tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert re.search(rf"Resuming from \S*ckpt-{last} at step {last}\b", result.stdout), result.stdout
-    assert f"Trained steps {last}..{last + 2} " in result.stdout
-    assert os.path.exists(f"{model_dir}/ckpt-{last + 2}.index")
 
 
 def test_two_workers_on_localhost(tmp_path, data_dir):
