@@ -39,6 +39,7 @@ import numpy as np
 from stmn_tf.evaluation.saliency import box_cell_mask
 from stmn_tf.evaluation.saliency import cell_centers_xy
 from stmn_tf.evaluation.saliency import saliency_clips
+from stmn_tf.evaluation.saliency import video_frames
 
 SETS = ("object", "background", "track")
 
@@ -204,26 +205,10 @@ def evaluate_alignment(model, videos, stride, progress=False):
                           prev["track_ids"], images.shape[1:3], frames[p]["image_size"],
                           frames[p]["original_size"])
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(desc="alignment", unit="video", leave=False)
-    num_videos, current, frames = 0, None, []
-    for video_id, frame in videos:
-        if video_id != current and frames:
-            score(frames)
-            frames = []
-            if bar is not None:
-                bar.update(1)
-        if video_id != current:
-            num_videos += 1
-            current = video_id
-        frames.append(frame)
-    if frames:
+    num_videos = 0
+    for frames in video_frames(videos, "alignment" if progress else None):
         score(frames)
-    if bar is not None:
-        bar.close()
+        num_videos += 1
     return {**stats.result(), "videos": num_videos, "k": k, "affinity_power": power,
             "centre_features": centre, "align": bool(cell.align)}
 

@@ -103,6 +103,36 @@ def saliency_clips(num_frames, window, stride):
     return clips
 
 
+def video_frames(videos, progress=None):
+    """Groups `(video_id, frame)` pairs, in order, into one list of frames per video.
+
+    Args:
+        videos: iterable of `(video_id, PreparedFrame)`, each video's frames together.
+        progress: None, or the description of a tqdm bar over the videos.
+
+    Yields:
+        The frames of each video, a list.
+    """
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc=progress, unit="video", leave=False)
+    current, frames = None, []
+    for video_id, frame in videos:
+        if video_id != current and frames:
+            yield frames
+            frames = []
+            if bar is not None:
+                bar.update(1)
+        current = video_id
+        frames.append(frame)
+    if frames:
+        yield frames
+    if bar is not None:
+        bar.close()
+
+
 def evaluate_saliency(model, videos, window, stride, progress=False):
     """The saliency ratio of an STMN over videos.
 
@@ -121,7 +151,6 @@ def evaluate_saliency(model, videos, window, stride, progress=False):
     import tensorflow as tf
 
     ratio = SaliencyRatio()
-    num_videos = 0
 
     def score(frames):
         for clip in saliency_clips(len(frames), window, stride):
@@ -132,24 +161,8 @@ def evaluate_saliency(model, videos, window, stride, progress=False):
                 ratio.add(values, frame["meta"]["groundtruth"]["boxes"], images.shape[1:3],
                           frame["image_size"], frame["original_size"])
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(desc="saliency", unit="video", leave=False)
-    current, frames = None, []
-    for video_id, frame in videos:
-        if video_id != current and frames:
-            score(frames)
-            frames = []
-            if bar is not None:
-                bar.update(1)
-        if video_id != current:
-            num_videos += 1
-            current = video_id
-        frames.append(frame)
-    if frames:
+    num_videos = 0
+    for frames in video_frames(videos, "saliency" if progress else None):
         score(frames)
-    if bar is not None:
-        bar.close()
+        num_videos += 1
     return {**ratio.result(), "videos": num_videos}
