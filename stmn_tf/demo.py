@@ -16,7 +16,9 @@ exactly what a user would run (the commands are printed and written to the repor
  6. `detect.py` on a synthetic test video (annotated MP4 and GIF, memory saliency with
     and without MatchTrans, the paper's Fig. 4) and on the real 1080p street clip;
  7. the memory saliency inside the ground-truth boxes over outside, on the test videos
-    (`stmn_tf.evaluation.saliency`), with and without MatchTrans;
+    (`stmn_tf.evaluation.saliency`), with and without MatchTrans; and MatchTrans'
+    coefficients at the objects, on the background and at the tracks' centres
+    (`stmn_tf.evaluation.alignment`);
  8. `reports/demo/`: README.md, metrics.json and the plots, with the table of
     `benchmarks/memory_transport.py` when its results.json is there.
 """
@@ -219,17 +221,19 @@ def _detect(demo, frames_dir):
     demo.end_stage()
 
 
-def _saliency_ratios(demo):
+def _memory_checks(demo):
     """The memory's saliency inside ground-truth boxes over outside, on the test videos
-    (`stmn_tf.evaluation.saliency`), with and without MatchTrans (the same weights)."""
+    (`stmn_tf.evaluation.saliency`), with and without MatchTrans (the same weights);
+    and the peakedness of MatchTrans' coefficients (`stmn_tf.evaluation.alignment`)."""
     from stmn_tf import configs
     from stmn_tf.data import synthetic
+    from stmn_tf.evaluation import alignment
     from stmn_tf.evaluation import run as eval_run
     from stmn_tf.evaluation import saliency
     from stmn_tf.training import checkpointing
 
-    demo.stage("memory saliency inside and outside the ground-truth boxes")
-    ratios = {}
+    demo.stage("memory saliency and MatchTrans' coefficients on the test videos")
+    ratios, coefficients = {}, None
     for name, align in (("stmn", True), ("stmn_align_off", False)):
         config = configs.load_config(STMN_CONFIG, f"model.memory.align={align}")
         config = synthetic.resolve_synthetic_data(config, root=REPO)
@@ -238,8 +242,12 @@ def _saliency_ratios(demo):
         ratios[name] = saliency.evaluate_saliency(model, videos, config.eval.window,
                                                   config.eval.stride, progress=True)
         print(f"{name}: saliency inside / outside the boxes {ratios[name]['ratio']:.3f}")
+        if align:
+            videos = eval_run.eval_frames(config.eval_data, demo.max_videos or None)
+            coefficients = alignment.evaluate_alignment(model, videos, config.eval.stride,
+                                                        progress=True)
     demo.end_stage()
-    return ratios
+    return ratios, coefficients
 
 
 def memory_transport_results():
@@ -343,7 +351,17 @@ def saliency_table(ratios):
     return lines
 
 
-def _report(demo, methods, sweep, served, video_id, ratios, transport):
+def alignment_table(coefficients):
+    from stmn_tf.evaluation import alignment
+
+    lines = ["MatchTrans' forward coefficients on the demo STMN over consecutive test frames "
+             "(`python -m stmn_tf.evaluation.alignment`): their peakedness at the objects' "
+             "cells, on the background, and at each track's centre, where the largest "
+             "weight should sit on the track's own displacement:", ""]
+    return lines + alignment.format_table({"STMN": coefficients})
+
+
+def _report(demo, methods, sweep, served, video_id, ratios, transport, coefficients=None):
     from stmn_tf import configs
     from stmn_tf.inference import postprocess
 
@@ -355,6 +373,8 @@ def _report(demo, methods, sweep, served, video_id, ratios, transport):
     metrics["window_sweep_mAP"] = {merge: {str(w): m for w, m in sorted(maps.items())}
                                    for merge, maps in sweep.items()}
     metrics["saliency_inside_over_outside"] = ratios
+    if coefficients is not None:
+        metrics["match_trans_coefficients"] = coefficients
     if transport is not None:
         metrics["memory_transport_accuracy"] = {"speeds": transport["speeds"],
                                                 **transport["accuracy"]}
@@ -402,6 +422,7 @@ def _report(demo, methods, sweep, served, video_id, ratios, transport):
               "![saliency with MatchTrans](test_video/saliency.png)", "",
               "![saliency without MatchTrans](test_video_no_matchtrans/saliency.png)", "",
               *saliency_table(ratios), "",
+              *(alignment_table(coefficients) + [""] if coefficients is not None else []),
               "## Memory transport (the layers alone)", "",
               *memory_transport_table(transport), "",
               f"SavedModel (`export/1`, standard ops only) in a fresh process on "
@@ -434,10 +455,11 @@ def main(argv=None):
     sweep = _window_sweep(demo, methods)
     served = _export_and_serve(demo)
     _detect(demo, frames_dir)
-    ratios = _saliency_ratios(demo)
+    ratios, coefficients = _memory_checks(demo)
     _gif_from_mp4(demo.path("test_video", "annotated.mp4"), demo.path("test_video", "annotated.gif"))
     _plots(demo, sweep)
-    _report(demo, methods, sweep, served, video_id, ratios, memory_transport_results())
+    _report(demo, methods, sweep, served, video_id, ratios, memory_transport_results(),
+            coefficients)
     print(f"\nDone in {time.time() - demo.start:.0f} s: {demo.path('README.md')}")
     for name in ("static", "stmn", "stmn_linked", "ensemble_linked"):
         key = {"static": "rfcn", "stmn": "stmn", "stmn_linked": "stmn+seq_nms",

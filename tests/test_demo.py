@@ -34,3 +34,14 @@ def test_memory_transport_table_reads_the_benchmark_json(tmp_path, monkeypatch):
     assert "mean of 3 seeds" in lines[0]
     assert lines[2] == "| memory | v=0 | v=1.5 |"
     assert lines[4:] == ["| stmn | 90.0 | 80.0 |", "| stmn_no_matchtrans | 91.0 | 50.0 |"]
+
+
+def test_alignment_table_shows_each_set_of_cells():
+    cells = {"cells": 10, "largest": 0.3, "entropy": 2.0, "zero_offset": 0.25}
+    coefficients = {"object": cells, "background": {**cells, "cells": 90},
+                    "track": {**cells, "cells": 4, "true_offset": 0.2, "argmax_on_true": 0.5},
+                    "uniform_largest": 0.04, "uniform_entropy": 3.2189}
+    lines = demo.alignment_table(coefficients)
+    assert "| STMN | object (10) | 0.300 | 2.00 | 0.250 |  |  |" in lines
+    assert "| STMN | track (4) | 0.300 | 2.00 | 0.250 | 0.200 | 50% |" in lines
+    assert lines[-1].endswith("largest 0.040, entropy 3.22 nats.")
