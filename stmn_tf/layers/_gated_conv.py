@@ -74,7 +74,7 @@ class GatedConvCell(keras.layers.Layer):
     # The constructor arguments, in order; the recurrent layers expose them too.
     ARGUMENTS = ("filters", "kernel_size", "k", "align", "input_scale", "implementation",
                  "kernel_initializer", "recurrent_initializer", "bias_initializer",
-                 "affinity_power", "centre_features")
+                 "affinity_power", "centre_features", "feature_gradient")
 
     def __init__(
         self,
@@ -89,12 +89,18 @@ class GatedConvCell(keras.layers.Layer):
         bias_initializer="zeros",
         affinity_power=1.0,
         centre_features=False,
+        feature_gradient=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_affinity_power(affinity_power)
         if not isinstance(centre_features, bool):
             raise ValueError(f"centre_features must be True or False, got {centre_features!r}")
+        if not isinstance(feature_gradient, bool):
+            raise ValueError(f"feature_gradient must be True or False, got {feature_gradient!r}")
+        if feature_gradient and implementation == "custom_op":
+            raise ValueError("feature_gradient=True needs implementation='tf' or 'auto': the "
+                             "compiled MatchTrans op passes no gradient to the features")
         if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
             raise ValueError(f"filters must be a positive integer, got {filters!r}")
         if implementation not in IMPLEMENTATIONS:
@@ -178,6 +184,7 @@ class GatedConvCell(keras.layers.Layer):
         aligned = match_trans(
             features, prev_features, memory, k=self.k, implementation=self.implementation,
             affinity_power=self.affinity_power, centre_features=self.centre_features,
+            feature_gradient=self.feature_gradient,
         )
         return keras.ops.cast(aligned, dtype)
 

@@ -12,7 +12,8 @@ CELLS = {"stmm": STMM, "convgru": ConvGRU}
 # The direction layers' arguments that the keyword form takes (std_multiplier: STMM only).
 KEYWORD_ARGUMENTS = ("cell", "kernel_size", "k", "align", "std_multiplier", "input_scale",
                      "implementation", "kernel_initializer", "recurrent_initializer",
-                     "bias_initializer", "affinity_power", "centre_features")
+                     "bias_initializer", "affinity_power", "centre_features",
+                     "feature_gradient")
 
 
 def direction_layers(filters, cell="stmm", std_multiplier=3.0, dtype=None, **arguments):
@@ -140,7 +141,8 @@ class BidirectionalSTMM(keras.layers.Layer):
                        std_multiplier=3.0, input_scale=1.0, implementation="auto",
                        kernel_initializer="glorot_uniform",
                        recurrent_initializer="glorot_uniform", bias_initializer="zeros",
-                       affinity_power=1.0, centre_features=False, **kwargs):
+                       affinity_power=1.0, centre_features=False, feature_gradient=False,
+                       **kwargs):
         """The keyword form: both directions `STMM` (`cell="stmm"`, Eqs. 1-4) or
         `ConvGRU` (`"convgru"`) of `filters` channels, with the arguments of
         `stmn_tf.layers.STMM` and its defaults (`std_multiplier`: STMM only);

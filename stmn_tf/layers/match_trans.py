@@ -35,6 +35,10 @@ class MatchTrans(keras.layers.Layer):
             mean over the frame's positions (`stmn_tf.ops.match_trans`), so that what
             all positions share does not make every pair alike. Defaults to False,
             the authors' formula.
+        feature_gradient: bool. Differentiate through the coefficients to both
+            frames' features too (the pure-TF MatchTrans only: `"auto"` then takes it,
+            `"custom_op"` is refused). Defaults to False, the authors' memory-only
+            gradient.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -58,15 +62,21 @@ class MatchTrans(keras.layers.Layer):
     """
 
     def __init__(self, k=2, implementation="auto", affinity_power=1.0, centre_features=False,
-                 **kwargs):
+                 feature_gradient=False, **kwargs):
         super().__init__(**kwargs)
         check_affinity_power(affinity_power)
         if not isinstance(centre_features, bool):
             raise ValueError(f"centre_features must be True or False, got {centre_features!r}")
+        if not isinstance(feature_gradient, bool):
+            raise ValueError(f"feature_gradient must be True or False, got {feature_gradient!r}")
+        if feature_gradient and implementation == "custom_op":
+            raise ValueError("feature_gradient=True needs implementation='tf' or 'auto': the "
+                             "compiled MatchTrans op passes no gradient to the features")
         self.k = k
         self.implementation = implementation
         self.affinity_power = affinity_power
         self.centre_features = centre_features
+        self.feature_gradient = feature_gradient
 
     def call(self, inputs):
         features, prev_features, prev_memory = inputs
@@ -78,6 +88,7 @@ class MatchTrans(keras.layers.Layer):
             implementation=self.implementation,
             affinity_power=self.affinity_power,
             centre_features=self.centre_features,
+            feature_gradient=self.feature_gradient,
         )
 
     def compute_output_shape(self, input_shape):
@@ -87,5 +98,6 @@ class MatchTrans(keras.layers.Layer):
         config = super().get_config()
         config.update({"k": self.k, "implementation": self.implementation,
                        "affinity_power": self.affinity_power,
-                       "centre_features": self.centre_features})
+                       "centre_features": self.centre_features,
+                       "feature_gradient": self.feature_gradient})
         return config

@@ -57,6 +57,11 @@ class STMMCell(GatedConvCell):
             their mean over the frame's positions, so that what all positions share
             does not make every pair alike (`stmn_tf.ops.match_trans`). Defaults to
             False, the authors' formula.
+        feature_gradient: bool. The loss's gradient also reaches both frames'
+            features through MatchTrans' coefficients, so that they can learn to
+            match (the pure-TF MatchTrans only: `"auto"` then takes it,
+            `"custom_op"` is refused). Defaults to False, the authors' memory-only
+            gradient.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -85,11 +90,11 @@ class STMMCell(GatedConvCell):
     def __init__(self, filters, kernel_size=3, k=2, align=True, std_multiplier=3.0,
                  input_scale=1.0, implementation="auto", kernel_initializer="glorot_uniform",
                  recurrent_initializer="glorot_uniform", bias_initializer="zeros",
-                 affinity_power=1.0, centre_features=False, **kwargs):
+                 affinity_power=1.0, centre_features=False, feature_gradient=False, **kwargs):
         super().__init__(filters, kernel_size, k, align, input_scale, implementation,
                          kernel_initializer, recurrent_initializer, bias_initializer,
                          affinity_power=affinity_power, centre_features=centre_features,
-                         **kwargs)
+                         feature_gradient=feature_gradient, **kwargs)
         self.std_multiplier = std_multiplier
 
     def _gate(self, x):

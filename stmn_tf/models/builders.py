@@ -114,8 +114,9 @@ def build_memory(config):
 
     The cell and the alignment come from `variant` (`stmn_tf.variants.VARIANTS`, Table 2)
     unless `cell` / `align` say otherwise; `affinity_power` sharpens MatchTrans (1.0,
-    the authors' formula, by default) and `centre_features` centres the features its
-    cosine reads (False, the authors', by default). `bidirectional`: a `BidirectionalSTMM` of
+    the authors' formula, by default), `centre_features` centres the features its
+    cosine reads and `feature_gradient` differentiates the loss through its
+    coefficients to the features (both False, the authors', by default). `bidirectional`: a `BidirectionalSTMM` of
     `filters` channels per direction; `forward`: one `STMM` (or `ConvGRU`) of
     `2 * filters` channels, so that the layers after it keep their shapes.
     """
@@ -128,6 +129,12 @@ def build_memory(config):
     if not isinstance(config.centre_features, bool):
         raise ValueError(f"memory.centre_features must be true or false, got "
                          f"{config.centre_features!r}")
+    if not isinstance(config.feature_gradient, bool):
+        raise ValueError(f"memory.feature_gradient must be true or false, got "
+                         f"{config.feature_gradient!r}")
+    if config.feature_gradient and config.implementation == "custom_op":
+        raise ValueError("memory.feature_gradient needs memory.implementation 'tf' or "
+                         "'auto': the compiled MatchTrans op passes no gradient to the features")
     variant = get_variant(config.variant)
     cell = config.cell if config.cell is not None else variant.cell
     common = dict(
@@ -137,6 +144,7 @@ def build_memory(config):
         implementation=config.implementation,
         affinity_power=power,
         centre_features=config.centre_features,
+        feature_gradient=config.feature_gradient,
     )
     if cell == "stmm":
         common["std_multiplier"] = config.std_multiplier

@@ -96,6 +96,10 @@ class MemoryConfig(hyperparams.Config):
     # MatchTrans' cosine on each frame's features minus their mean over the frame's
     # positions: False is the authors' formula.
     centre_features: bool = False
+    # The loss's gradient also reaches the features through MatchTrans' coefficients
+    # (the pure-TF MatchTrans; implementation "auto" then runs it): False is the
+    # authors' memory-only gradient.
+    feature_gradient: bool = False
 
 
 @dataclasses.dataclass

@@ -5,8 +5,8 @@ Both follow the authors' implementation, which differs from the paper's
 Eq. 5 in three ways: the affinity is the cosine, not the raw dot product; it is ReLU'd
 before normalisation; and neighbours outside the map are skipped rather than zero
 padded, with the memory kept as it is where the window's affinities sum below 1e-7.
-Like the authors' code, no gradient flows into the features through the coefficients:
-only the memory is differentiated.
+Like the authors' code, by default no gradient flows into the features through the
+coefficients: only the memory is differentiated.
 
 `affinity_power` p is an option of ours, not the authors': the coefficients become
 
@@ -25,6 +25,12 @@ no longer makes every pair alike; cosines of centred features are negative for
 dissimilar positions, and the ReLU removes them. Centring is standard TensorFlow
 around either implementation. A non-finite feature anywhere in a frame then makes its
 mean, and so every position's output, NaN.
+
+`feature_gradient`, also ours and the pure-TF twin's alone: the loss's gradient
+reaches both frames' features through the coefficients as well (the authors, and the
+compiled op, differentiate the memory only), so that the features can learn to match;
+the values are the same. It needs `implementation="tf"` (or `"auto"`, which then takes
+the twin): the compiled op refuses it with a ValueError.
 
 Odd input, the same in both implementations: NaN or Inf in a position's window gives
 NaN in that position's output (the exact rule is in match_trans_tf's docstring); zero
@@ -133,6 +139,20 @@ def _check_centre(centre_features):
     return centre_features
 
 
+def _check_feature_gradient(feature_gradient, implementation):
+    """The implementation that runs: feature_gradient=True takes the twin."""
+    if not isinstance(feature_gradient, bool):
+        raise ValueError(f"MatchTrans: feature_gradient must be True or False, got "
+                         f"{feature_gradient!r}")
+    if not feature_gradient:
+        return _resolve(implementation)
+    if implementation == "custom_op":
+        raise ValueError("MatchTrans: feature_gradient=True needs implementation='tf' or "
+                         "'auto': the compiled op passes no gradient to the features")
+    _resolve(implementation)  # validates the name
+    return "tf"
+
+
 def _fmt(shape):
     """A shape as the kernel prints it: [4,5,3], with ? for unknown dimensions."""
     return "[" + ",".join("?" if d is None else str(d) for d in shape.as_list()) + "]"
@@ -205,7 +225,7 @@ def centred(features):
 
 
 def match_trans(features, prev_features, prev_memory, k=2, implementation="auto",
-                affinity_power=1.0, centre_features=False):
+                affinity_power=1.0, centre_features=False, feature_gradient=False):
     """Aligns `prev_memory` to `features` with MatchTrans.
 
     Args:
@@ -222,23 +242,29 @@ def match_trans(features, prev_features, prev_memory, k=2, implementation="auto"
         formula. Held as float32, as the op's attr.
       centre_features: bool. Centre each frame's features over its positions before
         the cosine (module docstring). Defaults to False, the authors' formula.
+      feature_gradient: bool. Differentiate through the coefficients to both frames'
+        features too (module docstring; the twin only). Defaults to False, the
+        authors' memory-only gradient.
 
     Returns:
       The aligned memory, `[B, H, W, D]`, same dtype as the inputs.
 
     Raises:
-      ValueError: bad k, affinity_power or shapes. TypeError: bad dtypes.
+      ValueError: bad k, affinity_power or shapes, or feature_gradient with
+        implementation="custom_op". TypeError: bad dtypes.
     """
     _check_k(k)
     power = match_trans_tf.check_affinity_power(affinity_power)
     features, prev_features, prev_memory = _convert(features, prev_features, prev_memory)
     _check_inputs(features, prev_features, prev_memory)
-    if _check_centre(centre_features):
+    centre = _check_centre(centre_features)
+    implementation = _check_feature_gradient(feature_gradient, implementation)
+    if centre:
         features, prev_features = centred(features), centred(prev_features)
-    if _resolve(implementation) == "custom_op":
+    if implementation == "custom_op":
         return _op_match_trans(features, prev_features, prev_memory, k, power)
     return match_trans_tf.match_trans(features, prev_features, prev_memory, k,
-                                      affinity_power=power)
+                                      affinity_power=power, feature_gradient=feature_gradient)
 
 
 def match_trans_coefficients(features, prev_features, k=2, implementation="tf",

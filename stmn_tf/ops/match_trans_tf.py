@@ -5,7 +5,9 @@ semantics as the compiled op (the authors' implementation rather than the paper'
 Eq. 5): ReLU'd cosine affinities with 1e-8 added to each norm, raised to
 `affinity_power` (1, the authors' formula, by default), neighbours outside the map
 skipped, normalisation by the in-bounds sum, the memory kept as it is where that sum
-(of the powered affinities) is below 1e-7, and no gradient to the features.
+(of the powered affinities) is below 1e-7, and no gradient to the features (the
+authors'; `feature_gradient=True`, ours and the twin's alone, passes the loss's
+gradient to both frames' features through the coefficients as well).
 
 Non-finite input, the rule of the compiled op (custom_ops/match_trans/match_trans.h):
 the coefficients of position p are NaN at its in-bounds offsets (0 outside the map)
@@ -273,37 +275,64 @@ class _Layout:
         return tf.reshape(cells, [self.batch, self.height, self.width, tf.shape(values)[-1]])
 
 
-def _norm_plus_epsilon(x):
-    """`[N, C]` -> `[N]`: the L2 norm plus NORM_EPSILON, computed at NORM_SCALE."""
-    norm = tf.sqrt(tf.reduce_sum(tf.square(x), axis=-1))
+def _norm_plus_epsilon(x, differentiable=False):
+    """`[N, C]` -> `[N]`: the L2 norm plus NORM_EPSILON, computed at NORM_SCALE.
+
+    `differentiable`: a zero vector's norm gets gradient 0 instead of sqrt's NaN
+    (the same values).
+    """
+    squares = tf.reduce_sum(tf.square(x), axis=-1)
+    if differentiable:
+        positive = squares > 0
+        norm = tf.where(positive, tf.sqrt(tf.where(positive, squares, tf.ones_like(squares))),
+                        squares)
+    else:
+        norm = tf.sqrt(squares)
     return (norm * NORM_SCALE + NORM_SCALE * NORM_EPSILON) / NORM_SCALE
 
 
-def _normalised(layout, features, prev_features, affinity_power):
+def _banded_dots(layout, queries, neighbours):
+    """`[positions, (2k+1)^2]`: `<queries(p), neighbours(p + o)>` for every position p
+    and window offset o (any value outside the map: the caller masks it).
+
+    `queries`, `neighbours`: `[B*H*W, C]`, one row per cell of the map.
+    """
+    read, _ = layout.tables
+    tiles = tf.reshape(tf.gather(queries, layout.position_cells),
+                       [layout.n, layout.count, tf.shape(queries)[-1]])
+    blocks = tf.gather(neighbours, layout.neighbour_cells)  # [n, N, C]
+    # Every dot product of the window, and more: [tile cells, C] x [C, neighbour cells].
+    product = tf.matmul(tiles, blocks, transpose_b=True)
+    product = tf.reshape(product, [layout.n, layout.count * layout.span[0] * layout.span[1]])
+    dots = tf.gather(product, read, axis=1)  # [n, count, side^2]
+    return tf.reshape(dots, [layout.positions, layout.side * layout.side])
+
+
+def _normalised(layout, features, prev_features, affinity_power, differentiable=False):
     """The coefficients of the positions, `[positions, (2k+1)^2]`, in the compute dtype.
 
     `features`, `prev_features`: `[B, H, W, C]` in the compute dtype. NaN at the
     in-bounds offsets of positions whose window has a non-finite feature norm.
+    `differentiable`: finite gradients to the features where the values have kinks
+    (zero norms, `0 ** p` for p < 1); the same values.
     """
-    read, _ = layout.tables
     side = layout.side
     flat = tf.reshape(features, [-1, tf.shape(features)[-1]])  # [B*H*W, C]
     prev_flat = tf.reshape(prev_features, [-1, tf.shape(prev_features)[-1]])
-    queries = tf.reshape(tf.gather(flat, layout.position_cells),
-                         [layout.n, layout.count, tf.shape(flat)[-1]])
-    neighbours = tf.gather(prev_flat, layout.neighbour_cells)  # [n, N, C]
-    # Every dot product of the window, and more: [tile cells, C] x [C, neighbour cells].
-    product = tf.matmul(queries, neighbours, transpose_b=True)
-    product = tf.reshape(product, [layout.n, layout.count * layout.span[0] * layout.span[1]])
-    dots = tf.gather(product, read, axis=1)  # [n, count, side^2]
-    dots = tf.reshape(dots, [layout.positions, side * side])
-    norm = tf.gather(_norm_plus_epsilon(flat), layout.position_cells)
-    neighbour_norm = tf.gather(_norm_plus_epsilon(prev_flat), layout.window_cells)
+    dots = _banded_dots(layout, flat, prev_flat)
+    norm = tf.gather(_norm_plus_epsilon(flat, differentiable), layout.position_cells)
+    neighbour_norm = tf.gather(_norm_plus_epsilon(prev_flat, differentiable),
+                               layout.window_cells)
     cosine = dots / (norm[:, None] * neighbour_norm)
     in_bounds = layout.in_bounds
     a = tf.where(in_bounds, tf.nn.relu(cosine), tf.zeros_like(cosine))
     if affinity_power != 1.0:  # 1: the authors' numbers, no pow
-        a = tf.pow(a, tf.cast(affinity_power, a.dtype))
+        power = tf.cast(affinity_power, a.dtype)
+        if differentiable:
+            positive = a > 0
+            a = tf.where(positive, tf.pow(tf.where(positive, a, tf.ones_like(a)), power), a)
+        else:
+            a = tf.pow(a, power)
     mass = tf.reduce_sum(a, axis=-1, keepdims=True)
     centre = layout.k * side + layout.k
     identity = tf.one_hot(centre, side * side, dtype=a.dtype)
@@ -341,11 +370,11 @@ def _transposed(layout, coefficients):
     return tf.where(layout.in_bounds, values, tf.zeros_like(values))
 
 
-def _banded_align(layout, coefficients, memory):
-    """The weighted sum `[B, H, W, D]` with its exact memory gradient."""
+def _banded_align(layout, coefficients, memory, coefficient_gradient=False):
+    """The weighted sum `[B, H, W, D]` with its exact memory gradient, and with
+    `coefficient_gradient` the coefficients' as well."""
 
-    @tf.custom_gradient
-    def align(memory):
+    def weighted_sum(coefficients, memory):
         # A non-finite memory cell would spread over its whole tile in the products
         # (0 * NaN), so the neighbour tiles read the first finite cell in its place,
         # and the positions whose window holds it get a NaN coefficient, which makes
@@ -364,12 +393,33 @@ def _banded_align(layout, coefficients, memory):
                             tf.constant(np.nan, coefficients.dtype), coefficients)
         out = layout.ungrid(_banded_sum(layout, poisoned, memory, finite_cells))
 
-        def grad(upstream):
+        def memory_grad(upstream):
             # d out(p) / d memory(q) = c(p, q - p): the band transposed.
             transposed = _transposed(layout, coefficients)
             return layout.ungrid(_banded_sum(layout, transposed, upstream, cells))
 
-        return out, grad
+        def coefficients_grad(upstream):
+            # d out(p) / d c(p, o) = memory(p + o): the window's dot products of the
+            # upstream gradient with the memory, zero outside the map.
+            depth = tf.shape(memory)[-1]
+            dots = _banded_dots(layout, tf.reshape(upstream, [-1, depth]),
+                                tf.reshape(memory, [-1, depth]))
+            return tf.where(layout.in_bounds, dots, tf.zeros_like(dots))
+
+        return out, memory_grad, coefficients_grad
+
+    if coefficient_gradient:
+        @tf.custom_gradient
+        def align_both(coefficients, memory):
+            out, memory_grad, coefficients_grad = weighted_sum(coefficients, memory)
+            return out, lambda upstream: (coefficients_grad(upstream), memory_grad(upstream))
+
+        return align_both(coefficients, memory)
+
+    @tf.custom_gradient
+    def align(memory):
+        out, memory_grad, _ = weighted_sum(coefficients, memory)
+        return out, memory_grad
 
     return align(memory)
 
@@ -410,16 +460,21 @@ def coefficients(features, prev_features, k, tile=None, affinity_power=1.0):
     return tf.cast(tf.stop_gradient(c), features.dtype)
 
 
-def match_trans(features, prev_features, prev_memory, k, tile=None, affinity_power=1.0):
+def match_trans(features, prev_features, prev_memory, k, tile=None, affinity_power=1.0,
+                feature_gradient=False):
     """`prev_memory` aligned to `features`: `[B, H, W, D]`, in the inputs' dtype.
 
     Args:
       features: float `[B, H, W, C]`, frame t.
       prev_features: `[B, H, W, C]`, frame t-1, same dtype.
-      prev_memory: `[B, H, W, D]`, same dtype; the only input with a gradient.
+      prev_memory: `[B, H, W, D]`, same dtype; the only input with a gradient unless
+        `feature_gradient`.
       k: int >= 0. The window radius.
       tile: int or None. Positions per tile (see `tile_width`).
       affinity_power: float > 0. As in `coefficients`. Defaults to 1.0.
+      feature_gradient: bool. Also differentiate through the coefficients, to
+        `features` and `prev_features` (the authors stop it there). The same values.
+        Defaults to False.
 
     Returns:
       `sum_o c(p, o) * prev_memory(p + o)` over the in-map window, `[B, H, W, D]`;
@@ -430,10 +485,16 @@ def match_trans(features, prev_features, prev_memory, k, tile=None, affinity_pow
     compute = _compute_dtype(features.dtype)
     shape = tf.shape(prev_memory)
     layout = _Layout(shape, k, tile_width(k, tile))
-    f = tf.cast(tf.stop_gradient(features), compute)
-    fp = tf.cast(tf.stop_gradient(prev_features), compute)
-    c = tf.stop_gradient(_normalised(layout, *_with_channels(f, fp), power))
-    out = _banded_align(layout, c, tf.cast(prev_memory, compute))
+    memory = tf.cast(prev_memory, compute)
+    if feature_gradient:
+        f, fp = _with_channels(tf.cast(features, compute), tf.cast(prev_features, compute))
+        c = _normalised(layout, f, fp, power, differentiable=True)
+        out = _banded_align(layout, c, memory, coefficient_gradient=True)
+    else:
+        f = tf.cast(tf.stop_gradient(features), compute)
+        fp = tf.cast(tf.stop_gradient(prev_features), compute)
+        c = tf.stop_gradient(_normalised(layout, *_with_channels(f, fp), power))
+        out = _banded_align(layout, c, memory)
     return tf.cast(out, prev_memory.dtype)
 
 

@@ -106,6 +106,20 @@ def test_centre_features_reaches_the_memory():
         build_model(config)
 
 
+def test_feature_gradient_reaches_the_memory():
+    config = tiny_model_config("stmn")
+    assert config.memory.feature_gradient is False  # the authors' gradient by default
+    config.override({"memory": {"feature_gradient": True}})
+    model = build_model(config)
+    assert all(cell.feature_gradient is True for cell in model.memory_cells())
+    config.memory.implementation = "custom_op"
+    with pytest.raises(ValueError, match="memory.feature_gradient needs memory.implementation"):
+        build_model(config)
+    config.memory.implementation, config.memory.feature_gradient = "auto", "yes"
+    with pytest.raises(ValueError, match="memory.feature_gradient must be true or false"):
+        build_model(config)
+
+
 @pytest.mark.parametrize("power", [0.0, -2.0, float("inf"), float("nan")])
 def test_bad_affinity_power_is_named(power):
     config = tiny_model_config("stmn")
