@@ -9,6 +9,7 @@ override `_gate` and `_candidate`.
 import keras
 
 from stmn_tf.ops.match_trans_op import IMPLEMENTATIONS
+from stmn_tf.ops.match_trans_op import check_feature_gradient
 from stmn_tf.ops.match_trans_op import match_trans
 from stmn_tf.ops.match_trans_tf import check_affinity_power
 
@@ -96,11 +97,7 @@ class GatedConvCell(keras.layers.Layer):
         check_affinity_power(affinity_power)
         if not isinstance(centre_features, bool):
             raise ValueError(f"centre_features must be True or False, got {centre_features!r}")
-        if not isinstance(feature_gradient, bool):
-            raise ValueError(f"feature_gradient must be True or False, got {feature_gradient!r}")
-        if feature_gradient and implementation == "custom_op":
-            raise ValueError("feature_gradient=True needs implementation='tf' or 'auto': the "
-                             "compiled MatchTrans op passes no gradient to the features")
+        check_feature_gradient(feature_gradient, implementation)
         if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
             raise ValueError(f"filters must be a positive integer, got {filters!r}")
         if implementation not in IMPLEMENTATIONS:

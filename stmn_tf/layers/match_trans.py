@@ -2,6 +2,7 @@
 
 import keras
 
+from stmn_tf.ops.match_trans_op import check_feature_gradient
 from stmn_tf.ops.match_trans_op import match_trans
 from stmn_tf.ops.match_trans_tf import check_affinity_power
 
@@ -67,11 +68,7 @@ class MatchTrans(keras.layers.Layer):
         check_affinity_power(affinity_power)
         if not isinstance(centre_features, bool):
             raise ValueError(f"centre_features must be True or False, got {centre_features!r}")
-        if not isinstance(feature_gradient, bool):
-            raise ValueError(f"feature_gradient must be True or False, got {feature_gradient!r}")
-        if feature_gradient and implementation == "custom_op":
-            raise ValueError("feature_gradient=True needs implementation='tf' or 'auto': the "
-                             "compiled MatchTrans op passes no gradient to the features")
+        check_feature_gradient(feature_gradient, implementation)
         self.k = k
         self.implementation = implementation
         self.affinity_power = affinity_power

@@ -139,18 +139,16 @@ def _check_centre(centre_features):
     return centre_features
 
 
-def _check_feature_gradient(feature_gradient, implementation):
-    """The implementation that runs: feature_gradient=True takes the twin."""
+def check_feature_gradient(feature_gradient, implementation):
+    """Refuses a non-bool `feature_gradient`, and True with the compiled op (which
+    passes no gradient to the features). Loads nothing (the layers call it at
+    construction). Returns `feature_gradient`."""
     if not isinstance(feature_gradient, bool):
-        raise ValueError(f"MatchTrans: feature_gradient must be True or False, got "
-                         f"{feature_gradient!r}")
-    if not feature_gradient:
-        return _resolve(implementation)
-    if implementation == "custom_op":
-        raise ValueError("MatchTrans: feature_gradient=True needs implementation='tf' or "
-                         "'auto': the compiled op passes no gradient to the features")
-    _resolve(implementation)  # validates the name
-    return "tf"
+        raise ValueError(f"feature_gradient must be True or False, got {feature_gradient!r}")
+    if feature_gradient and implementation == "custom_op":
+        raise ValueError("feature_gradient=True needs implementation='tf' or 'auto': the "
+                         "compiled MatchTrans op passes no gradient to the features")
+    return feature_gradient
 
 
 def _fmt(shape):
@@ -258,7 +256,9 @@ def match_trans(features, prev_features, prev_memory, k=2, implementation="auto"
     features, prev_features, prev_memory = _convert(features, prev_features, prev_memory)
     _check_inputs(features, prev_features, prev_memory)
     centre = _check_centre(centre_features)
-    implementation = _check_feature_gradient(feature_gradient, implementation)
+    if check_feature_gradient(feature_gradient, implementation) and implementation == "auto":
+        implementation = "tf"  # the only implementation with that gradient
+    implementation = _resolve(implementation)
     if centre:
         features, prev_features = centred(features), centred(prev_features)
     if implementation == "custom_op":
