@@ -94,29 +94,23 @@ def test_affinity_power_reaches_the_memory():
     assert build_model(config).memory_layer.cell.affinity_power == 4
 
 
-def test_centre_features_reaches_the_memory():
+@pytest.mark.parametrize("option", ["centre_features", "feature_gradient"])
+def test_boolean_matchtrans_option_reaches_the_memory(option):
     config = tiny_model_config("stmn")
-    assert config.memory.centre_features is False  # the authors' MatchTrans by default
-    config.override({"memory": {"centre_features": True}})
+    assert getattr(config.memory, option) is False  # the authors' MatchTrans by default
+    config.override({"memory": {option: True}})
     model = build_model(config)
-    assert all(cell.centre_features is True for cell in model.memory_cells())
-    assert model.get_config()["memory"]["config"]["layer"]["config"]["centre_features"] is True
-    config.memory.centre_features = "yes"
-    with pytest.raises(ValueError, match="memory.centre_features must be true or false"):
+    assert all(getattr(cell, option) is True for cell in model.memory_cells())
+    assert model.get_config()["memory"]["config"]["layer"]["config"][option] is True
+    setattr(config.memory, option, "yes")
+    with pytest.raises(ValueError, match=f"memory.{option} must be true or false"):
         build_model(config)
 
 
-def test_feature_gradient_reaches_the_memory():
+def test_feature_gradient_refuses_the_compiled_op():
     config = tiny_model_config("stmn")
-    assert config.memory.feature_gradient is False  # the authors' gradient by default
-    config.override({"memory": {"feature_gradient": True}})
-    model = build_model(config)
-    assert all(cell.feature_gradient is True for cell in model.memory_cells())
-    config.memory.implementation = "custom_op"
+    config.override({"memory": {"feature_gradient": True, "implementation": "custom_op"}})
     with pytest.raises(ValueError, match="memory.feature_gradient needs memory.implementation"):
-        build_model(config)
-    config.memory.implementation, config.memory.feature_gradient = "auto", "yes"
-    with pytest.raises(ValueError, match="memory.feature_gradient must be true or false"):
         build_model(config)
 
 
