@@ -485,16 +485,12 @@ def match_trans(features, prev_features, prev_memory, k, tile=None, affinity_pow
     compute = _compute_dtype(features.dtype)
     shape = tf.shape(prev_memory)
     layout = _Layout(shape, k, tile_width(k, tile))
-    memory = tf.cast(prev_memory, compute)
-    if feature_gradient:
-        f, fp = _with_channels(tf.cast(features, compute), tf.cast(prev_features, compute))
-        c = _normalised(layout, f, fp, power, differentiable=True)
-        out = _banded_align(layout, c, memory, coefficient_gradient=True)
-    else:
-        f = tf.cast(tf.stop_gradient(features), compute)
-        fp = tf.cast(tf.stop_gradient(prev_features), compute)
-        c = tf.stop_gradient(_normalised(layout, *_with_channels(f, fp), power))
-        out = _banded_align(layout, c, memory)
+    if not feature_gradient:  # the authors': the coefficients are constants
+        features, prev_features = tf.stop_gradient(features), tf.stop_gradient(prev_features)
+    f, fp = _with_channels(tf.cast(features, compute), tf.cast(prev_features, compute))
+    c = _normalised(layout, f, fp, power, differentiable=feature_gradient)
+    out = _banded_align(layout, c, tf.cast(prev_memory, compute),
+                        coefficient_gradient=feature_gradient)
     return tf.cast(out, prev_memory.dtype)
 
 
