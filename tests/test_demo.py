@@ -45,3 +45,13 @@ def test_alignment_table_shows_each_set_of_cells():
     assert "| STMN | object (10) | 0.300 | 2.00 | 0.250 |  |  |" in lines
     assert "| STMN | track (4) | 0.300 | 2.00 | 0.250 | 0.200 | 50% |" in lines
     assert lines[-1].endswith("largest 0.040, entropy 3.22 nats.")
+
+
+def test_default_budgets_are_the_tiny_configs_steps():
+    # make demo and make ablation train the budgets the configs were tuned for.
+    from stmn_tf import configs
+
+    assert demo.RFCN_STEPS == configs.synthetic_tiny_rfcn().train.steps
+    assert demo.STMN_STEPS == configs.synthetic_tiny_stmn().train.steps
+    schedule = configs.synthetic_tiny_rfcn().train.optimizer
+    assert max(schedule.decay_steps) < demo.RFCN_STEPS
