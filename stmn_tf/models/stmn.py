@@ -149,6 +149,22 @@ class STMN(TwoStageDetector):
             cell.implementation = value
         return previous
 
+    def set_match_trans_feature_gradient(self, feature_gradient):
+        """Sets every memory cell's `feature_gradient`; returns the old values.
+
+        The option changes gradients only, never the forward values, so a trace
+        for inference (an export) may turn it off, which lets a model trained with
+        it run the compiled op (that passes no gradient to the features). Pass the
+        returned list back to restore.
+        """
+        cells = self.memory_cells()
+        previous = [cell.feature_gradient for cell in cells]
+        values = (feature_gradient if isinstance(feature_gradient, list)
+                  else [feature_gradient] * len(cells))
+        for cell, value in zip(cells, values):
+            cell.feature_gradient = bool(value)
+        return previous
+
     def memory(self, inputs):
         """The per-frame memory of a clip.
 

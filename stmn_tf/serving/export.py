@@ -259,12 +259,16 @@ def check_version(output_dir, version, overwrite):
 @contextlib.contextmanager
 def tracing(model, match_trans="tf", max_detections=None, nms=None):
     """Sets the model's MatchTrans implementation, `max_detections` and NMS
-    implementation for a trace, and restores them afterwards."""
+    implementation for a trace, turns the memory's `feature_gradient` off (a trace
+    for serving is forward only), and restores them afterwards."""
     previous_max = model.decoder.max_detections
     previous_nms = model.decoder.nms_implementation
-    previous_impl = None
+    previous_impl = previous_gradient = None
     if model.has_memory:
         previous_impl = model.set_match_trans_implementation(match_trans)
+        # A serving trace is forward only: without the (gradient-only) feature
+        # gradient, a model trained with it exports with the compiled op as well.
+        previous_gradient = model.set_match_trans_feature_gradient(False)
     if max_detections is not None:
         model.decoder.max_detections = int(max_detections)
     if nms is not None:
@@ -276,6 +280,7 @@ def tracing(model, match_trans="tf", max_detections=None, nms=None):
         model.decoder.nms_implementation = previous_nms
         if previous_impl is not None:
             model.set_match_trans_implementation(previous_impl)
+            model.set_match_trans_feature_gradient(previous_gradient)
 
 
 def write_metadata(directory, metadata):
