@@ -2,6 +2,7 @@
 
 import json
 
+from stmn_tf import configs
 from stmn_tf import demo
 
 
@@ -49,8 +50,6 @@ def test_alignment_table_shows_each_set_of_cells():
 
 def test_default_budgets_are_the_tiny_configs_steps():
     # make demo and make ablation train the budgets the configs were tuned for.
-    from stmn_tf import configs
-
     assert demo.RFCN_STEPS == configs.synthetic_tiny_rfcn().train.steps
     assert demo.STMN_STEPS == configs.synthetic_tiny_stmn().train.steps
     schedule = configs.synthetic_tiny_rfcn().train.optimizer

@@ -142,12 +142,7 @@ class STMN(TwoStageDetector):
         The cells read it when a function is traced, so this decides which ops a
         traced graph (an export) contains. Pass the returned list back to restore.
         """
-        cells = self.memory_cells()
-        previous = [cell.implementation for cell in cells]
-        values = implementation if isinstance(implementation, list) else [implementation] * len(cells)
-        for cell, value in zip(cells, values):
-            cell.implementation = value
-        return previous
+        return self._set_on_cells("implementation", implementation)
 
     def set_match_trans_feature_gradient(self, feature_gradient):
         """Sets every memory cell's `feature_gradient`; returns the old values.
@@ -157,12 +152,18 @@ class STMN(TwoStageDetector):
         it run the compiled op (that passes no gradient to the features). Pass the
         returned list back to restore.
         """
+        if not isinstance(feature_gradient, list):
+            feature_gradient = bool(feature_gradient)
+        return self._set_on_cells("feature_gradient", feature_gradient)
+
+    def _set_on_cells(self, name, value):
+        """Sets attribute `name` of every memory cell to `value` (one value, or a
+        list with one per cell, forward first); returns the old values as a list."""
         cells = self.memory_cells()
-        previous = [cell.feature_gradient for cell in cells]
-        values = (feature_gradient if isinstance(feature_gradient, list)
-                  else [feature_gradient] * len(cells))
-        for cell, value in zip(cells, values):
-            cell.feature_gradient = bool(value)
+        previous = [getattr(cell, name) for cell in cells]
+        values = value if isinstance(value, list) else [value] * len(cells)
+        for cell, v in zip(cells, values):
+            setattr(cell, name, v)
         return previous
 
     def memory(self, inputs):
