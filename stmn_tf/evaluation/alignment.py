@@ -235,6 +235,15 @@ def format_table(results):
     return lines
 
 
+def model_names(model_dirs):
+    """A row name per model directory: its last component, or, where two directories
+    share it (`a/stmn_seed0`, `b/stmn_seed0`), the path as given, so no row replaces
+    another."""
+    paths = [os.path.normpath(d) for d in model_dirs]
+    names = [os.path.basename(p) for p in paths]
+    return [p if names.count(n) > 1 else n for p, n in zip(paths, names)]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", required=True, nargs="+",
@@ -250,7 +259,7 @@ def main(argv=None):
     from stmn_tf.training import checkpointing
 
     results = {}
-    for model_dir in args.model_dir:
+    for name, model_dir in zip(model_names(args.model_dir), args.model_dir):
         config_path = os.path.join(model_dir, "config.yaml")
         if not os.path.exists(config_path):
             parser.error(f"--model-dir {model_dir}: no config.yaml (not a train.py model directory)")
@@ -262,7 +271,7 @@ def main(argv=None):
             config.eval_data.input_path = args.data
         model = checkpointing.restore_model(config, model_dir)[0]
         videos = eval_run.eval_frames(config.eval_data, args.max_videos or None)
-        results[os.path.basename(os.path.normpath(model_dir))] = evaluate_alignment(
+        results[name] = evaluate_alignment(
             model, videos, config.eval.stride, progress=True)
     print("\n".join(format_table(results)))
     if args.output:

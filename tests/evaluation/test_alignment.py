@@ -116,3 +116,11 @@ def test_evaluate_alignment_finds_the_motion_of_a_distinct_object():
     assert track["argmax_on_true"] == 1.0 and track["true_offset"] > 0.5
     assert result["background"]["zero_offset"] > 0.5
     assert result["background"]["largest"] > 2 * result["uniform_largest"]
+
+
+def test_model_names_keep_directories_that_share_a_last_component_apart():
+    from stmn_tf.evaluation.alignment import model_names
+
+    assert model_names(["runs/a/", "runs/b"]) == ["a", "b"]
+    assert model_names(["x/stmn_seed0", "y/stmn_seed0/", "z/other"]) == [
+        "x/stmn_seed0", "y/stmn_seed0", "other"]
