@@ -10,6 +10,7 @@ import keras
 
 from stmn_tf.ops.match_trans_op import IMPLEMENTATIONS
 from stmn_tf.ops.match_trans_op import check_feature_gradient
+from stmn_tf.ops.match_trans_op import check_learned_offset_prior
 from stmn_tf.ops.match_trans_op import match_trans
 from stmn_tf.ops.match_trans_tf import check_affinity_power
 
@@ -66,6 +67,10 @@ def project_inputs(convs, features, scale=1.0):
     return out
 
 
+# The offset prior's weight is its log-weights over this (`offset_log_prior`).
+OFFSET_PRIOR_SCALE = 10.0
+
+
 class GatedConvCell(keras.layers.Layer):
     """Base of `STMMCell` and `ConvGRUCell` (see their docstrings).
 
@@ -75,7 +80,7 @@ class GatedConvCell(keras.layers.Layer):
     # The constructor arguments, in order; the recurrent layers expose them too.
     ARGUMENTS = ("filters", "kernel_size", "k", "align", "input_scale", "implementation",
                  "kernel_initializer", "recurrent_initializer", "bias_initializer",
-                 "affinity_power", "centre_features", "feature_gradient")
+                 "affinity_power", "centre_features", "feature_gradient", "offset_prior")
 
     def __init__(
         self,
@@ -91,6 +96,7 @@ class GatedConvCell(keras.layers.Layer):
         affinity_power=1.0,
         centre_features=False,
         feature_gradient=False,
+        offset_prior=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -98,6 +104,7 @@ class GatedConvCell(keras.layers.Layer):
         if not isinstance(centre_features, bool):
             raise ValueError(f"centre_features must be True or False, got {centre_features!r}")
         check_feature_gradient(feature_gradient, implementation)
+        check_learned_offset_prior(offset_prior, implementation)
         if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
             raise ValueError(f"filters must be a positive integer, got {filters!r}")
         if implementation not in IMPLEMENTATIONS:
@@ -153,7 +160,31 @@ class GatedConvCell(keras.layers.Layer):
             conv.build((None, None, None, self.input_dim))
         for conv in (self.conv_u, self.conv_z_u, self.conv_r_u):
             conv.build((None, None, None, self.filters))
+        self.offset_prior_weight = None
+        if self.offset_prior and self.align:
+            # MatchTrans' log-weight per window offset, (dy + k) * (2k + 1) + dx + k,
+            # over OFFSET_PRIOR_SCALE; zeros: the authors' coefficients until training
+            # moves them.
+            self.offset_prior_weight = self.add_weight(
+                name="offset_prior", shape=((2 * self.k + 1) ** 2,), initializer="zeros")
         self.built = True
+
+    def offset_log_prior(self):
+        """MatchTrans' learned log-weights `[(2k+1)^2]` (None without `offset_prior`).
+
+        The weight holds them over OFFSET_PRIOR_SCALE: a gradient step moves the
+        log-weights OFFSET_PRIOR_SCALE^2 times as far as a weight used as it is
+        (Caffe's lr_mult). Their gradient is a sum of small terms of both signs over
+        every position and frame; a plain weight moved only 0.17 in 200 steps of the
+        tiny STMN at its learning rate, far too slow for the few thousand steps of a
+        fine-tuning.
+        """
+        weight = getattr(self, "offset_prior_weight", None)  # None before build
+        return None if weight is None else weight * OFFSET_PRIOR_SCALE
+
+    def set_offset_log_prior(self, values):
+        """Sets the log-weights that `offset_log_prior` returns."""
+        self.offset_prior_weight.assign(keras.ops.convert_to_tensor(values) / OFFSET_PRIOR_SCALE)
 
     @property
     def input_convs(self):
@@ -182,6 +213,7 @@ class GatedConvCell(keras.layers.Layer):
             features, prev_features, memory, k=self.k, implementation=self.implementation,
             affinity_power=self.affinity_power, centre_features=self.centre_features,
             feature_gradient=self.feature_gradient,
+            offset_prior=self.offset_log_prior(),
         )
         return keras.ops.cast(aligned, dtype)
 

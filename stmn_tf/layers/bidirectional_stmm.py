@@ -13,7 +13,7 @@ CELLS = {"stmm": STMM, "convgru": ConvGRU}
 KEYWORD_ARGUMENTS = ("cell", "kernel_size", "k", "align", "std_multiplier", "input_scale",
                      "implementation", "kernel_initializer", "recurrent_initializer",
                      "bias_initializer", "affinity_power", "centre_features",
-                     "feature_gradient")
+                     "feature_gradient", "offset_prior")
 
 
 def direction_layers(filters, cell="stmm", std_multiplier=3.0, dtype=None, **arguments):
@@ -142,7 +142,7 @@ class BidirectionalSTMM(keras.layers.Layer):
                        kernel_initializer="glorot_uniform",
                        recurrent_initializer="glorot_uniform", bias_initializer="zeros",
                        affinity_power=1.0, centre_features=False, feature_gradient=False,
-                       **kwargs):
+                       offset_prior=False, **kwargs):
         """The keyword form: both directions `STMM` (`cell="stmm"`, Eqs. 1-4) or
         `ConvGRU` (`"convgru"`) of `filters` channels, with the arguments of
         `stmn_tf.layers.STMM` and its defaults (`std_multiplier`: STMM only);

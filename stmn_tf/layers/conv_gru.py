@@ -18,7 +18,7 @@ class ConvGRU(GatedConvRNN):
     Args:
         filters, kernel_size, k, align, input_scale, implementation,
             kernel_initializer, recurrent_initializer, bias_initializer,
-            affinity_power, centre_features, feature_gradient: the cell's,
+            affinity_power, centre_features, feature_gradient, offset_prior: the cell's,
             `stmn_tf.layers.ConvGRUCell`, with its defaults (no alignment).
         return_sequences: bool. Return the memory of every frame, else the last.
             Defaults to True.
@@ -53,10 +53,12 @@ class ConvGRU(GatedConvRNN):
                  implementation="auto", kernel_initializer="glorot_uniform",
                  recurrent_initializer="glorot_uniform", bias_initializer="zeros",
                  return_sequences=True, return_state=False, go_backwards=False,
-                 affinity_power=1.0, centre_features=False, feature_gradient=False, **kwargs):
+                 affinity_power=1.0, centre_features=False, feature_gradient=False,
+                 offset_prior=False, **kwargs):
         cell = ConvGRUCell(filters, kernel_size, k, align, input_scale, implementation,
                            kernel_initializer, recurrent_initializer, bias_initializer,
                            affinity_power=affinity_power, centre_features=centre_features,
-                           feature_gradient=feature_gradient, dtype=kwargs.get("dtype"),
+                           feature_gradient=feature_gradient, offset_prior=offset_prior,
+                           dtype=kwargs.get("dtype"),
                            name="conv_gru_cell")
         super().__init__(cell, return_sequences, return_state, go_backwards, **kwargs)

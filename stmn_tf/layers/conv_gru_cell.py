@@ -28,7 +28,8 @@ class ConvGRUCell(GatedConvCell):
         align: bool. Align the memory with MatchTrans. Defaults to False (Ballas et
             al. have no alignment).
         k, input_scale, implementation, kernel_initializer, recurrent_initializer,
-            bias_initializer, affinity_power, centre_features, feature_gradient: as in
+            bias_initializer, affinity_power, centre_features, feature_gradient,
+            offset_prior: as in
             `stmn_tf.layers.STMMCell`, with its defaults.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
@@ -56,12 +57,14 @@ class ConvGRUCell(GatedConvCell):
     def __init__(self, filters, kernel_size=3, k=2, align=False, input_scale=1.0,
                  implementation="auto", kernel_initializer="glorot_uniform",
                  recurrent_initializer="glorot_uniform", bias_initializer="zeros",
-                 affinity_power=1.0, centre_features=False, feature_gradient=False, **kwargs):
+                 affinity_power=1.0, centre_features=False, feature_gradient=False,
+                 offset_prior=False, **kwargs):
         # Only the default of `align` differs from the base (Ballas et al. do not align).
         super().__init__(filters, kernel_size, k, align, input_scale, implementation,
                          kernel_initializer, recurrent_initializer, bias_initializer,
                          affinity_power=affinity_power, centre_features=centre_features,
-                         feature_gradient=feature_gradient, **kwargs)
+                         feature_gradient=feature_gradient, offset_prior=offset_prior,
+                         **kwargs)
 
     def _gate(self, x):
         return keras.ops.sigmoid(x)

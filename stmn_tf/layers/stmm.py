@@ -21,7 +21,7 @@ class STMM(GatedConvRNN):
     Args:
         filters, kernel_size, k, align, std_multiplier, input_scale, implementation,
             kernel_initializer, recurrent_initializer, bias_initializer,
-            affinity_power, centre_features, feature_gradient: the cell's,
+            affinity_power, centre_features, feature_gradient, offset_prior: the cell's,
             `stmn_tf.layers.STMMCell`, with its defaults.
         return_sequences: bool. Return the memory of every frame, else the last.
             Defaults to True.
@@ -59,10 +59,11 @@ class STMM(GatedConvRNN):
                  input_scale=1.0, implementation="auto", kernel_initializer="glorot_uniform",
                  recurrent_initializer="glorot_uniform", bias_initializer="zeros",
                  return_sequences=True, return_state=False, go_backwards=False,
-                 affinity_power=1.0, centre_features=False, feature_gradient=False, **kwargs):
+                 affinity_power=1.0, centre_features=False, feature_gradient=False,
+                 offset_prior=False, **kwargs):
         cell = STMMCell(filters, kernel_size, k, align, std_multiplier, input_scale,
                         implementation, kernel_initializer, recurrent_initializer,
                         bias_initializer, affinity_power=affinity_power,
                         centre_features=centre_features, feature_gradient=feature_gradient,
-                        dtype=kwargs.get("dtype"), name="stmm_cell")
+                        offset_prior=offset_prior, dtype=kwargs.get("dtype"), name="stmm_cell")
         super().__init__(cell, return_sequences, return_state, go_backwards, **kwargs)

@@ -62,6 +62,12 @@ class STMMCell(GatedConvCell):
             match (the pure-TF MatchTrans only: `"auto"` then takes it,
             `"custom_op"` is refused). Defaults to False, the authors' memory-only
             gradient.
+        offset_prior: bool. MatchTrans learns a log-weight per window offset (a
+            weight `offset_prior` of `(2k+1)^2` values, zeros at first) that
+            multiplies the affinities before the normalisation
+            (`stmn_tf.ops.match_trans`), so that training learns how far objects
+            move between frames (the pure-TF MatchTrans only, as
+            `feature_gradient`). Defaults to False, the authors' formula.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -90,11 +96,13 @@ class STMMCell(GatedConvCell):
     def __init__(self, filters, kernel_size=3, k=2, align=True, std_multiplier=3.0,
                  input_scale=1.0, implementation="auto", kernel_initializer="glorot_uniform",
                  recurrent_initializer="glorot_uniform", bias_initializer="zeros",
-                 affinity_power=1.0, centre_features=False, feature_gradient=False, **kwargs):
+                 affinity_power=1.0, centre_features=False, feature_gradient=False,
+                 offset_prior=False, **kwargs):
         super().__init__(filters, kernel_size, k, align, input_scale, implementation,
                          kernel_initializer, recurrent_initializer, bias_initializer,
                          affinity_power=affinity_power, centre_features=centre_features,
-                         feature_gradient=feature_gradient, **kwargs)
+                         feature_gradient=feature_gradient, offset_prior=offset_prior,
+                         **kwargs)
         self.std_multiplier = std_multiplier
 
     def _gate(self, x):

@@ -116,7 +116,8 @@ def build_memory(config):
     unless `cell` / `align` say otherwise; `affinity_power` sharpens MatchTrans (1.0,
     the authors' formula, by default), `centre_features` centres the features its
     cosine reads and `feature_gradient` differentiates the loss through its
-    coefficients to the features (both False, the authors', by default). `bidirectional`: a `BidirectionalSTMM` of
+    coefficients to the features, `offset_prior` learns a weight per window offset
+    (all False, the authors', by default). `bidirectional`: a `BidirectionalSTMM` of
     `filters` channels per direction; `forward`: one `STMM` (or `ConvGRU`) of
     `2 * filters` channels, so that the layers after it keep their shapes.
     """
@@ -132,6 +133,12 @@ def build_memory(config):
     if not isinstance(config.feature_gradient, bool):
         raise ValueError(f"memory.feature_gradient must be true or false, got "
                          f"{config.feature_gradient!r}")
+    if not isinstance(config.offset_prior, bool):
+        raise ValueError(f"memory.offset_prior must be true or false, got "
+                         f"{config.offset_prior!r}")
+    if config.offset_prior and config.implementation == "custom_op":
+        raise ValueError("memory.offset_prior needs memory.implementation 'tf' or 'auto': "
+                         "the compiled MatchTrans op has no offset prior")
     if config.feature_gradient and config.implementation == "custom_op":
         raise ValueError("memory.feature_gradient needs memory.implementation 'tf' or "
                          "'auto': the compiled MatchTrans op passes no gradient to the features")
@@ -145,6 +152,7 @@ def build_memory(config):
         affinity_power=power,
         centre_features=config.centre_features,
         feature_gradient=config.feature_gradient,
+        offset_prior=config.offset_prior,
     )
     if cell == "stmm":
         common["std_multiplier"] = config.std_multiplier

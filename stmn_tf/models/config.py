@@ -100,6 +100,9 @@ class MemoryConfig(hyperparams.Config):
     # (the pure-TF MatchTrans; implementation "auto" then runs it): False is the
     # authors' memory-only gradient.
     feature_gradient: bool = False
+    # MatchTrans learns a log-weight per window offset that multiplies its affinities
+    # (the pure-TF MatchTrans; "auto" then runs it): False is the authors' formula.
+    offset_prior: bool = False
 
 
 @dataclasses.dataclass

@@ -99,4 +99,6 @@ def transfer_conv_to_memory(conv, memory_layer, fresh=False):
             ]
         # The U convolutions read the memory, which the static detector does not have.
         report["fresh"] += [getattr(cell, name).kernel.path for name in _MEMORY_CONVS]
+        if getattr(cell, "offset_prior_weight", None) is not None:  # MatchTrans' own
+            report["fresh"].append(cell.offset_prior_weight.path)
     return report

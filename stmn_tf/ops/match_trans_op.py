@@ -32,6 +32,19 @@ compiled op, differentiate the memory only), so that the features can learn to m
 the values are the same. It needs `implementation="tf"` (or `"auto"`, which then takes
 the twin): the compiled op refuses it with a ValueError.
 
+`offset_prior`, also ours and the twin's alone: `[(2k+1)^2]` log-weights, one per
+window offset, that multiply the affinities before the normalisation,
+
+    c(p, p + o) = a(p, p + o) * exp(b_o) / sum_o' a(p, p + o') * exp(b_o'),
+
+and that the loss differentiates (the memory cells learn them, `offset_prior=True`).
+With b = 0 it is the formula above. A learned prior on where the match lies: where
+the features do not tell the true match from its neighbours (a slowly moving object
+looks like the cells around it), the authors' coefficients spread the memory over
+the window at every frame; the prior lets training learn how far the data's objects
+move between frames. The compiled op has no such input: `"auto"` takes the twin,
+`"custom_op"` is refused.
+
 Odd input, the same in both implementations: NaN or Inf in a position's window gives
 NaN in that position's output (the exact rule is in match_trans_tf's docstring); zero
 feature channels give the identity fallback; non-float or mismatched dtypes are
@@ -151,6 +164,26 @@ def check_feature_gradient(feature_gradient, implementation):
     return feature_gradient
 
 
+def check_learned_offset_prior(offset_prior, implementation):
+    """The layers' `offset_prior` flag: refuses a non-bool, and True with the compiled
+    op. Loads nothing. Returns the flag."""
+    if not isinstance(offset_prior, bool):
+        raise ValueError(f"offset_prior must be True or False, got {offset_prior!r}")
+    if offset_prior and implementation == "custom_op":
+        raise ValueError("offset_prior=True needs implementation='tf' or 'auto': the "
+                         "compiled MatchTrans op has no offset prior")
+    return offset_prior
+
+
+def check_offset_prior(offset_prior, implementation):
+    """Refuses an offset prior with the compiled op (which has no such input); returns
+    whether one is given."""
+    if offset_prior is not None and implementation == "custom_op":
+        raise ValueError("MatchTrans: offset_prior needs implementation='tf' or 'auto': the "
+                         "compiled MatchTrans op has no offset prior")
+    return offset_prior is not None
+
+
 def _fmt(shape):
     """A shape as the kernel prints it: [4,5,3], with ? for unknown dimensions."""
     return "[" + ",".join("?" if d is None else str(d) for d in shape.as_list()) + "]"
@@ -223,7 +256,8 @@ def centred(features):
 
 
 def match_trans(features, prev_features, prev_memory, k=2, implementation="auto",
-                affinity_power=1.0, centre_features=False, feature_gradient=False):
+                affinity_power=1.0, centre_features=False, feature_gradient=False,
+                offset_prior=None):
     """Aligns `prev_memory` to `features` with MatchTrans.
 
     Args:
@@ -243,32 +277,38 @@ def match_trans(features, prev_features, prev_memory, k=2, implementation="auto"
       feature_gradient: bool. Differentiate through the coefficients to both frames'
         features too (module docstring; the twin only). Defaults to False, the
         authors' memory-only gradient.
+      offset_prior: None (the default, the authors' formula) or float `[(2k+1)^2]`,
+        log-weights per window offset in the coefficients' order (module
+        docstring; the twin only), differentiated by the loss.
 
     Returns:
       The aligned memory, `[B, H, W, D]`, same dtype as the inputs.
 
     Raises:
-      ValueError: bad k, affinity_power or shapes, or feature_gradient with
-        implementation="custom_op". TypeError: bad dtypes.
+      ValueError: bad k, affinity_power, offset_prior or shapes, or feature_gradient
+        or offset_prior with implementation="custom_op". TypeError: bad dtypes.
     """
     _check_k(k)
     power = match_trans_tf.check_affinity_power(affinity_power)
     features, prev_features, prev_memory = _convert(features, prev_features, prev_memory)
     _check_inputs(features, prev_features, prev_memory)
     centre = _check_centre(centre_features)
-    if check_feature_gradient(feature_gradient, implementation) and implementation == "auto":
-        implementation = "tf"  # the only implementation with that gradient
+    twin_only = check_feature_gradient(feature_gradient, implementation)
+    twin_only = check_offset_prior(offset_prior, implementation) or twin_only
+    if twin_only and implementation == "auto":
+        implementation = "tf"  # the only implementation with that gradient or prior
     implementation = _resolve(implementation)
     if centre:
         features, prev_features = centred(features), centred(prev_features)
     if implementation == "custom_op":
         return _op_match_trans(features, prev_features, prev_memory, k, power)
     return match_trans_tf.match_trans(features, prev_features, prev_memory, k,
-                                      affinity_power=power, feature_gradient=feature_gradient)
+                                      affinity_power=power, feature_gradient=feature_gradient,
+                                      offset_prior=offset_prior)
 
 
 def match_trans_coefficients(features, prev_features, k=2, implementation="tf",
-                             affinity_power=1.0, centre_features=False):
+                             affinity_power=1.0, centre_features=False, offset_prior=None):
     """The normalised MatchTrans coefficients.
 
     Args:
@@ -278,6 +318,7 @@ def match_trans_coefficients(features, prev_features, k=2, implementation="tf",
       implementation: as in `match_trans`. Defaults to `"tf"`.
       affinity_power: as in `match_trans`. Defaults to 1.0.
       centre_features: as in `match_trans`. Defaults to False.
+      offset_prior: as in `match_trans` (no gradient here). Defaults to None.
 
     Returns:
       `[B, H, W, (2k+1)^2]`: for each position, the ReLU'd cosine affinities to the
@@ -292,6 +333,8 @@ def match_trans_coefficients(features, prev_features, k=2, implementation="tf",
     _check_inputs(features, prev_features)
     if _check_centre(centre_features):
         features, prev_features = centred(features), centred(prev_features)
+    if check_offset_prior(offset_prior, implementation) and implementation == "auto":
+        implementation = "tf"
     if _resolve(implementation) == "custom_op":
         match_trans_self_check.ensure_checked()
         memory = tf.zeros(tf.concat([tf.shape(features)[:3], [0]], 0), features.dtype)
@@ -299,4 +342,5 @@ def match_trans_coefficients(features, prev_features, k=2, implementation="tf",
             features, prev_features, memory, k=k, affinity_power=power
         )
         return tf.stop_gradient(coefficients)
-    return match_trans_tf.coefficients(features, prev_features, k, affinity_power=power)
+    return match_trans_tf.coefficients(features, prev_features, k, affinity_power=power,
+                                       offset_prior=offset_prior)

@@ -7,7 +7,9 @@ Eq. 5): ReLU'd cosine affinities with 1e-8 added to each norm, raised to
 skipped, normalisation by the in-bounds sum, the memory kept as it is where that sum
 (of the powered affinities) is below 1e-7, and no gradient to the features (the
 authors'; `feature_gradient=True`, ours and the twin's alone, passes the loss's
-gradient to both frames' features through the coefficients as well).
+gradient to both frames' features through the coefficients as well). With
+`offset_prior`, ours and the twin's alone too, each affinity is multiplied by a weight
+per window offset, `exp(offset_prior[o])`, before the normalisation.
 
 Non-finite input, the rule of the compiled op (custom_ops/match_trans/match_trans.h):
 the coefficients of position p are NaN at its in-bounds offsets (0 outside the map)
@@ -308,13 +310,16 @@ def _banded_dots(layout, queries, neighbours):
     return tf.reshape(dots, [layout.positions, layout.side * layout.side])
 
 
-def _normalised(layout, features, prev_features, affinity_power, differentiable=False):
+def _normalised(layout, features, prev_features, affinity_power, differentiable=False,
+                offset_prior=None):
     """The coefficients of the positions, `[positions, (2k+1)^2]`, in the compute dtype.
 
     `features`, `prev_features`: `[B, H, W, C]` in the compute dtype. NaN at the
     in-bounds offsets of positions whose window has a non-finite feature norm.
     `differentiable`: finite gradients to the features where the values have kinks
-    (zero norms, `0 ** p` for p < 1); the same values.
+    (zero norms, `0 ** p` for p < 1); the same values. `offset_prior`: None or
+    `[(2k+1)^2]` log-weights in the compute dtype, one per offset: the affinities are
+    multiplied by their exponentials before the normalisation (differentiable).
     """
     side = layout.side
     flat = tf.reshape(features, [-1, tf.shape(features)[-1]])  # [B*H*W, C]
@@ -333,6 +338,8 @@ def _normalised(layout, features, prev_features, affinity_power, differentiable=
             a = tf.where(positive, tf.pow(tf.where(positive, a, tf.ones_like(a)), power), a)
         else:
             a = tf.pow(a, power)
+    if offset_prior is not None:
+        a = a * tf.exp(offset_prior)[None, :]
     mass = tf.reduce_sum(a, axis=-1, keepdims=True)
     centre = layout.k * side + layout.k
     identity = tf.one_hot(centre, side * side, dtype=a.dtype)
@@ -433,7 +440,26 @@ def _with_channels(features, prev_features):
     return features, prev_features
 
 
-def coefficients(features, prev_features, k, tile=None, affinity_power=1.0):
+def check_offset_prior(offset_prior, k, dtype):
+    """`offset_prior` (None, or any float tensor-like of `(2k+1)^2` values) as a 1-D
+    tensor of `dtype` (None stays None).
+
+    Raises:
+      ValueError: naming the expected size, when it has another number of values.
+    """
+    if offset_prior is None:
+        return None
+    prior = tf.convert_to_tensor(offset_prior)
+    if not prior.dtype.is_floating:
+        raise TypeError(f"MatchTrans: offset_prior must be float, got {prior.dtype.name}")
+    size = (2 * k + 1) ** 2
+    if prior.shape.rank != 1 or (prior.shape[0] is not None and prior.shape[0] != size):
+        raise ValueError(f"MatchTrans: offset_prior must have shape [(2k+1)^2] = [{size}] "
+                         f"for k = {k}, got {prior.shape}")
+    return tf.cast(prior, dtype)
+
+
+def coefficients(features, prev_features, k, tile=None, affinity_power=1.0, offset_prior=None):
     """The normalised coefficients `[B, H, W, (2k+1)^2]`, in the inputs' dtype.
 
     Args:
@@ -443,6 +469,9 @@ def coefficients(features, prev_features, k, tile=None, affinity_power=1.0):
       tile: int or None. Positions per tile (see `tile_width`).
       affinity_power: float > 0. The power of the ReLU'd cosines before the
         normalisation; 1 is the authors' formula. Defaults to 1.0.
+      offset_prior: None (the authors' formula) or `[(2k+1)^2]` float log-weights,
+        one per offset in the coefficients' order: each affinity is multiplied by
+        `exp(offset_prior[o])` before the normalisation.
 
     Returns:
       `[B, H, W, (2k+1)^2]`, offset `(dy, dx)` at `(dy+k)*(2k+1) + (dx+k)`, zero for
@@ -456,12 +485,14 @@ def coefficients(features, prev_features, k, tile=None, affinity_power=1.0):
     layout = _Layout(shape, k, tile_width(k, tile))
     f = tf.cast(tf.stop_gradient(features), compute)
     fp = tf.cast(tf.stop_gradient(prev_features), compute)
-    c = layout.ungrid(_normalised(layout, *_with_channels(f, fp), power))
+    prior = check_offset_prior(offset_prior, k, compute)
+    prior = None if prior is None else tf.stop_gradient(prior)
+    c = layout.ungrid(_normalised(layout, *_with_channels(f, fp), power, offset_prior=prior))
     return tf.cast(tf.stop_gradient(c), features.dtype)
 
 
 def match_trans(features, prev_features, prev_memory, k, tile=None, affinity_power=1.0,
-                feature_gradient=False):
+                feature_gradient=False, offset_prior=None):
     """`prev_memory` aligned to `features`: `[B, H, W, D]`, in the inputs' dtype.
 
     Args:
@@ -475,6 +506,9 @@ def match_trans(features, prev_features, prev_memory, k, tile=None, affinity_pow
       feature_gradient: bool. Also differentiate through the coefficients, to
         `features` and `prev_features` (the authors stop it there). The same values.
         Defaults to False.
+      offset_prior: None or `[(2k+1)^2]` log-weights, as in `coefficients`; it
+        gets the loss's gradient through the coefficients (whatever
+        `feature_gradient`).
 
     Returns:
       `sum_o c(p, o) * prev_memory(p + o)` over the in-map window, `[B, H, W, D]`;
@@ -488,9 +522,10 @@ def match_trans(features, prev_features, prev_memory, k, tile=None, affinity_pow
     if not feature_gradient:  # the authors': the coefficients are constants
         features, prev_features = tf.stop_gradient(features), tf.stop_gradient(prev_features)
     f, fp = _with_channels(tf.cast(features, compute), tf.cast(prev_features, compute))
-    c = _normalised(layout, f, fp, power, differentiable=feature_gradient)
+    prior = check_offset_prior(offset_prior, k, compute)
+    c = _normalised(layout, f, fp, power, differentiable=feature_gradient, offset_prior=prior)
     out = _banded_align(layout, c, tf.cast(prev_memory, compute),
-                        coefficient_gradient=feature_gradient)
+                        coefficient_gradient=feature_gradient or prior is not None)
     return tf.cast(out, prev_memory.dtype)
 
 

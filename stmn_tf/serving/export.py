@@ -264,6 +264,11 @@ def tracing(model, match_trans="tf", max_detections=None, nms=None):
     previous_max = model.decoder.max_detections
     previous_nms = model.decoder.nms_implementation
     previous_impl = previous_gradient = None
+    if model.has_memory and match_trans == "custom_op" and any(
+            cell.offset_log_prior() is not None for cell in model.memory_cells()):
+        raise ExportError("this STMN learned a MatchTrans offset prior (memory.offset_prior), "
+                          "which the compiled op does not have: export it portable (without "
+                          "--custom-op); the pure-TF MatchTrans computes it")
     if model.has_memory:
         previous_impl = model.set_match_trans_implementation(match_trans)
         # A serving trace is forward only: without the (gradient-only) feature

@@ -36,10 +36,11 @@ def bn_star(x, std_multiplier=3.0):
 
 
 def match_trans(features, prev_features, prev_memory, k, affinity_power=1.0,
-                centre_features=False):
+                centre_features=False, offset_prior=None):
     """Per position and offset: ReLU'd cosine over in-bounds neighbours, raised to
-    `affinity_power`, normalised; with `centre_features`, the cosine of each frame's
-    features minus their mean over its positions."""
+    `affinity_power`, times `exp(offset_prior[o])` when given, normalised; with
+    `centre_features`, the cosine of each frame's features minus their mean over its
+    positions."""
     if centre_features:
         features = features - features.mean(axis=(1, 2), keepdims=True)
         prev_features = prev_features - prev_features.mean(axis=(1, 2), keepdims=True)
@@ -59,7 +60,9 @@ def match_trans(features, prev_features, prev_memory, k, affinity_power=1.0,
                         cosine = f @ g / (
                             (np.linalg.norm(f) + 1e-8) * (np.linalg.norm(g) + 1e-8)
                         )
-                        weights.append(max(0.0, cosine) ** affinity_power)
+                        prior = 1.0 if offset_prior is None else np.exp(
+                            offset_prior[(i + k) * (2 * k + 1) + j + k])
+                        weights.append(max(0.0, cosine) ** affinity_power * prior)
                         memories.append(prev_memory[b, yy, xx])
                 mass = sum(weights)
                 if mass >= 1e-7:
@@ -70,14 +73,15 @@ def match_trans(features, prev_features, prev_memory, k, affinity_power=1.0,
 
 
 def stmm_step(weights, features, prev_features, memory, *, k, align, scale=1.0,
-              std_multiplier=3.0, gru=False, affinity_power=1.0, centre_features=False):
+              std_multiplier=3.0, gru=False, affinity_power=1.0, centre_features=False,
+              offset_prior=None):
     """The authors' STMM step (or the ConvGRU step when `gru`).
 
     weights: dict with kernels w, z_w, r_w, u, z_u, r_u and biases b_w, b_z, b_r.
     Returns (new memory, z, r).
     """
-    m = (match_trans(features, prev_features, memory, k, affinity_power, centre_features)
-         if align else memory)
+    m = (match_trans(features, prev_features, memory, k, affinity_power, centre_features,
+                     offset_prior) if align else memory)
     wf = scale * conv2d_same(features, weights["w"], weights["b_w"])
     zf = scale * conv2d_same(features, weights["z_w"], weights["b_z"])
     rf = scale * conv2d_same(features, weights["r_w"], weights["b_r"])

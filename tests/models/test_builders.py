@@ -94,7 +94,7 @@ def test_affinity_power_reaches_the_memory():
     assert build_model(config).memory_layer.cell.affinity_power == 4
 
 
-@pytest.mark.parametrize("option", ["centre_features", "feature_gradient"])
+@pytest.mark.parametrize("option", ["centre_features", "feature_gradient", "offset_prior"])
 def test_boolean_matchtrans_option_reaches_the_memory(option):
     config = tiny_model_config("stmn")
     assert getattr(config.memory, option) is False  # the authors' MatchTrans by default
@@ -107,10 +107,11 @@ def test_boolean_matchtrans_option_reaches_the_memory(option):
         build_model(config)
 
 
-def test_feature_gradient_refuses_the_compiled_op():
+@pytest.mark.parametrize("option", ["feature_gradient", "offset_prior"])
+def test_twin_only_options_refuse_the_compiled_op(option):
     config = tiny_model_config("stmn")
-    config.override({"memory": {"feature_gradient": True, "implementation": "custom_op"}})
-    with pytest.raises(ValueError, match="memory.feature_gradient needs memory.implementation"):
+    config.override({"memory": {option: True, "implementation": "custom_op"}})
+    with pytest.raises(ValueError, match=f"memory.{option} needs memory.implementation"):
         build_model(config)
 
 
