@@ -185,6 +185,7 @@ def evaluate_alignment(model, videos, stride, progress=False):
     cell = model.memory_cells()[0]  # the forward cell: its k and p are MatchTrans'
     k, power = int(cell.k), float(cell.affinity_power)
     centre = bool(cell.centre_features)
+    prior = cell.offset_log_prior()  # the learned offset prior, if any: part of the weights
     stats = AlignmentStats(k)
 
     def score(frames):
@@ -198,7 +199,7 @@ def evaluate_alignment(model, videos, stride, progress=False):
             before = tf.gather(features, clip[:-1])
             coefficients = np.asarray(match_trans_coefficients(
                 now, before, k=k, implementation="tf", affinity_power=power,
-                centre_features=centre))
+                centre_features=centre, offset_prior=prior))
             for c, p, q in zip(coefficients, clip[1:], clip[:-1]):
                 truth, prev = (frames[i]["meta"]["groundtruth"] for i in (p, q))
                 stats.add(c, truth["boxes"], prev["boxes"], truth["track_ids"],
@@ -210,7 +211,24 @@ def evaluate_alignment(model, videos, stride, progress=False):
         score(frames)
         num_videos += 1
     return {**stats.result(), "videos": num_videos, "k": k, "affinity_power": power,
-            "centre_features": centre, "align": bool(cell.align)}
+            "centre_features": centre, "align": bool(cell.align),
+            "offset_prior": learned_offset_priors(model)}
+
+
+def learned_offset_priors(model):
+    """`{"forward": [...], "backward": [...]}`: each memory cell's learned offset prior
+    as the weights it gives the window's offsets alone, `exp(b) / sum(exp(b))`
+    (`(2k+1)^2`, offset `(dy, dx)` at `(dy+k)*(2k+1) + dx+k`); None without one."""
+    cells = model.memory_cells()
+    if cells[0].offset_log_prior() is None:
+        return None
+    names = ("forward", "backward") if len(cells) == 2 else ("forward",)
+    out = {}
+    for name, cell in zip(names, cells):
+        b = np.asarray(cell.offset_log_prior(), np.float64)
+        w = np.exp(b - b.max())
+        out[name] = (w / w.sum()).tolist()
+    return out
 
 
 def format_table(results):
@@ -229,6 +247,13 @@ def format_table(results):
                          f"| {cell(r['entropy'], '.2f')} | {cell(r['zero_offset'], '.3f')} "
                          f"| {true[0] if part == 'track' else ''} "
                          f"| {true[1] if part == 'track' else ''} |")
+    for name, result in results.items():
+        for direction, weights in (result.get("offset_prior") or {}).items():
+            side = int(round(len(weights) ** 0.5))
+            lines.append(f"\n{name}, learned offset prior ({direction}), exp(b) / sum, "
+                         "rows dy = -k..k, columns dx = -k..k:")
+            lines += ["    " + " ".join(f"{w:.3f}" for w in weights[row * side:(row + 1) * side])
+                      for row in range(side)]
     any_result = next(iter(results.values()))
     lines.append(f"\nUniform over the window: largest {any_result['uniform_largest']:.3f}, "
                  f"entropy {any_result['uniform_entropy']:.2f} nats.")

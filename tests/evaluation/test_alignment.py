@@ -74,12 +74,19 @@ class ShiftingModel:
     class Cell:
         k, affinity_power, centre_features, align = 2, 4.0, False, True
 
-    def __init__(self, codes, object_code):
+        def __init__(self, prior):
+            self.prior = prior
+
+        def offset_log_prior(self):
+            return self.prior
+
+    def __init__(self, codes, object_code, prior=None):
         self.codes = codes  # [hf, wf, C]
         self.object_code = object_code  # [C]
+        self.prior = prior  # the cells' learned offset prior (log-weights) or None
 
     def memory_cells(self):
-        return [self.Cell(), self.Cell()]
+        return [self.Cell(self.prior), self.Cell(self.prior)]
 
     def extract_features(self, images):
         import tensorflow as tf
@@ -93,6 +100,35 @@ class ShiftingModel:
             f = np.where(bright[..., None], self.object_code, self.codes)
             features.append(f)
         return tf.constant(np.stack(features)[None], tf.float32)
+
+
+def moving_object_video(rng):
+    codes = rng.normal(size=(6, 6, 16)).astype(np.float32)
+    object_code = rng.normal(size=16).astype(np.float32)
+    videos = []
+    for index in range(5):
+        image = np.zeros((96, 96, 3), np.float32)
+        x0 = 16 * index  # one cell right per frame
+        image[32:48, x0:x0 + 16] = 200.0
+        truth = {"boxes": np.array([[x0, 32, x0 + 16, 48]], np.float64),
+                 "track_ids": np.array([4])}
+        videos.append(("v", prepared_frame(image, (96, 96), (96, 96), index,
+                                           groundtruth=truth)))
+    return codes, object_code, videos
+
+
+def test_a_learned_offset_prior_enters_the_coefficients_and_the_report():
+    codes, object_code, videos = moving_object_video(np.random.default_rng(0))
+    prior = np.full(25, -20.0, np.float32)
+    prior[12] = 0.0  # all the weight on offset 0
+    result = alignment.evaluate_alignment(ShiftingModel(codes, object_code, prior), videos,
+                                          stride=1)
+    assert result["track"]["argmax_on_true"] == 0.0
+    assert result["track"]["zero_offset"] > 0.99
+    for weights in result["offset_prior"].values():
+        assert weights[12] > 0.99 and abs(sum(weights) - 1.0) < 1e-9
+    table = "\n".join(alignment.format_table({"m": result}))
+    assert "learned offset prior (forward)" in table and "1.000" in table
 
 
 def test_evaluate_alignment_finds_the_motion_of_a_distinct_object():
