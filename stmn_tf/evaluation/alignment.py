@@ -260,6 +260,47 @@ def format_table(results):
     return lines
 
 
+def plot_offset_priors(results, path):
+    """One heat map per model and direction of its learned offset prior (`exp(b) /
+    sum`, the window's offsets, dy down, dx right) in a PNG at `path`; returns whether
+    any model had a prior (nothing is written otherwise). Written whole or not at all."""
+    panels = [(name, direction, weights) for name, result in results.items()
+              for direction, weights in (result.get("offset_prior") or {}).items()]
+    if not panels:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
+    for ax, (name, direction, weights) in zip(axes[0], panels):
+        side = int(round(len(weights) ** 0.5))
+        k = side // 2
+        grid = np.asarray(weights).reshape(side, side)
+        image = ax.imshow(grid, cmap="viridis", vmin=0.0,
+                          extent=(-k - 0.5, k + 0.5, k + 0.5, -k - 0.5))
+        for (row, col), w in np.ndenumerate(grid):
+            ax.text(col - k, row - k, f"{w:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if w < 0.6 * grid.max() else "black")
+        ax.set_title(f"{name}\n{direction}", fontsize=7)
+        ax.set_xlabel("dx (cells)", fontsize=7)
+        ax.set_ylabel("dy (cells)", fontsize=7)
+        ax.tick_params(labelsize=6)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.suptitle("MatchTrans' learned offset prior, exp(b) / sum", fontsize=8)
+    fig.tight_layout()
+    temporary = f"{path}.tmp{os.getpid()}"
+    try:
+        fig.savefig(temporary, format="png", dpi=120)
+        os.replace(temporary, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return True
+
+
 def model_names(model_dirs):
     """A row name per model directory: its last component, or, where two directories
     share it (`a/stmn_seed0`, `b/stmn_seed0`), the path as given, so no row replaces
@@ -276,6 +317,8 @@ def main(argv=None):
     parser.add_argument("--max-videos", type=int, default=0, help="0: every eval video")
     parser.add_argument("--data", default=None, help="eval file pattern (default: the config's)")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
+    parser.add_argument("--plot", default=None,
+                        help="write the models' learned offset priors as heat maps to this PNG")
     args = parser.parse_args(argv)
 
     from stmn_tf.configs import load_config
@@ -302,6 +345,11 @@ def main(argv=None):
     if args.output:
         with open(args.output, "w") as f:
             json.dump(results, f, indent=1)
+    if args.plot:
+        if plot_offset_priors(results, args.plot):
+            print(f"wrote {args.plot}")
+        else:
+            print(f"--plot {args.plot}: no model has a learned offset prior; nothing written")
     print(json.dumps({name: {part: r[part] for part in SETS} for name, r in results.items()}))
     return 0
 

@@ -117,7 +117,7 @@ def moving_object_video(rng):
     return codes, object_code, videos
 
 
-def test_a_learned_offset_prior_enters_the_coefficients_and_the_report():
+def test_a_learned_offset_prior_enters_the_coefficients_and_the_report(tmp_path):
     codes, object_code, videos = moving_object_video(np.random.default_rng(0))
     prior = np.full(25, -20.0, np.float32)
     prior[12] = 0.0  # all the weight on offset 0
@@ -129,6 +129,12 @@ def test_a_learned_offset_prior_enters_the_coefficients_and_the_report():
         assert weights[12] > 0.99 and abs(sum(weights) - 1.0) < 1e-9
     table = "\n".join(alignment.format_table({"m": result}))
     assert "learned offset prior (forward)" in table and "1.000" in table
+    path = tmp_path / "prior.png"
+    assert alignment.plot_offset_priors({"m": result}, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result["offset_prior"] = None
+    assert not alignment.plot_offset_priors({"m": result}, str(tmp_path / "none.png"))
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_evaluate_alignment_finds_the_motion_of_a_distinct_object():
