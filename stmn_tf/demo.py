@@ -246,6 +246,8 @@ def _memory_checks(demo):
             videos = eval_run.eval_frames(config.eval_data, demo.max_videos or None)
             coefficients = alignment.evaluate_alignment(model, videos, config.eval.stride,
                                                         progress=True)
+            alignment.plot_offset_priors({"demo STMN": coefficients},
+                                         demo.path("offset_prior.png"))
     demo.end_stage()
     return ratios, coefficients
 
@@ -358,7 +360,10 @@ def alignment_table(coefficients):
              "(`python -m stmn_tf.evaluation.alignment`): their peakedness at the objects' "
              "cells, on the background, and at each track's centre, where the largest "
              "weight should sit on the track's own displacement:", ""]
-    return lines + alignment.format_table({"STMN": coefficients})
+    lines += alignment.format_table({"STMN": coefficients})
+    if coefficients.get("offset_prior"):
+        lines += ["", "![the learned offset prior](offset_prior.png)"]
+    return lines
 
 
 def _report(demo, methods, sweep, served, video_id, ratios, transport, coefficients=None):

@@ -46,6 +46,11 @@ def test_alignment_table_shows_each_set_of_cells():
     assert "| STMN | object (10) | 0.300 | 2.00 | 0.250 |  |  |" in lines
     assert "| STMN | track (4) | 0.300 | 2.00 | 0.250 | 0.200 | 50% |" in lines
     assert lines[-1].endswith("largest 0.040, entropy 3.22 nats.")
+    prior = [0.0] * 25
+    prior[12] = 1.0
+    lines = demo.alignment_table({**coefficients, "offset_prior": {"forward": prior}})
+    assert "    0.000 0.000 1.000 0.000 0.000" in lines
+    assert lines[-1] == "![the learned offset prior](offset_prior.png)"
 
 
 def test_default_budgets_are_the_tiny_configs_steps():

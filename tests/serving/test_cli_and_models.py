@@ -65,9 +65,13 @@ def test_cli_custom_op_export_loads_once_the_library_is_loaded(exported, loaded,
     if not os.path.exists(_LIBRARY_PATH):
         pytest.skip("the MatchTrans op library is not built (make install)")
     output = str(tmp_path / "export")
+    # The compiled op has no offset prior (the tiny config's default, refused below):
+    # the config without it. The checkpoint's prior is its initial zeros, so this is
+    # the same model as the portable export's.
     completed = run_script(
         "export.py", "--config", CONFIG, "--checkpoint", exported.checkpoint_dir, "--output",
         output, "--version", "3", "--custom-op", "--max-detections", "7",
+        "--params-override", "model.memory.offset_prior=false",
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     path = os.path.join(output, "3")
@@ -86,6 +90,13 @@ def test_cli_custom_op_export_loads_once_the_library_is_loaded(exported, loaded,
         output, "--version", "3",
     )
     assert again.returncode != 0 and "exists; pass --overwrite" in again.stderr
+    # With the prior: refused, naming the way out.
+    refused = run_script(
+        "export.py", "--config", CONFIG, "--checkpoint", exported.checkpoint_dir, "--output",
+        str(tmp_path / "refused"), "--custom-op",
+    )
+    assert refused.returncode != 0 and "without --custom-op" in refused.stderr
+    assert not os.path.exists(str(tmp_path / "refused"))
 
     frames_path = str(tmp_path / "frames.npy")
     np.save(frames_path, exported.frames)

@@ -25,7 +25,8 @@ def traced_op_types(model, clip):
 def test_a_feature_gradient_model_traces_with_the_op_and_keeps_its_option():
     if not os.path.exists(_LIBRARY_PATH):
         pytest.skip("the MatchTrans op library is not built (make install)")
-    config = load_config(CONFIG, "model.memory.feature_gradient=true")
+    # The compiled op has no offset prior (the tiny config's default).
+    config = load_config(CONFIG, "model.memory.feature_gradient=true,model.memory.offset_prior=false")
     model = build_model(config.model)
     clip = np.random.default_rng(0).uniform(0, 255, (1, 3, 64, 64, 3)).astype(np.float32)
     model.memory({"images": tf.constant(clip)})  # builds the weights
