@@ -104,8 +104,10 @@ def test_stage2_init_from_transfers_weights(stage1, workdir, strategy):
     trainer.train(config, model_dir, steps=3, strategy=strategy, progress=False,
                   init_from=stage1["model_dir"], echo=messages.append)
     assert any(m.startswith("Initialised from ") and "ckpt-32" in m for m in messages)
-    # Only the six U convolutions of the two memories start fresh.
-    assert sum(m.startswith("  fresh: ") for m in messages) == 6
+    # Only the six U convolutions of the two memories and their MatchTrans offset
+    # priors (the tiny config's) start fresh.
+    fresh = [m for m in messages if m.startswith("  fresh: ")]
+    assert len(fresh) == 8 and sum(m.endswith("/offset_prior") for m in fresh) == 2
     stage1_log = _log(stage1["model_dir"])
     start, end = stage1_log[0]["total_loss"], np.mean([r["total_loss"] for r in stage1_log[-3:]])
     stage2 = np.mean([r["total_loss"] for r in _log(model_dir)])
