@@ -45,6 +45,7 @@ from stmn_tf.demo import RFCN_STEPS
 from stmn_tf.demo import Demo
 from stmn_tf.demo import shown_command
 from stmn_tf.variants import VARIANTS as TABLE2
+from stmn_tf.figures import save_png
 
 # Table 2's columns, in the paper's order (best first), from the one table of them.
 VARIANTS = tuple(TABLE2)
@@ -323,14 +324,7 @@ def plot(rows, path):
     ax.set_ylabel("mAP (%) on the synthetic test videos")
     ax.set_title("Table 2 in miniature: mean over seeds, min-max bars")
     fig.tight_layout()
-    temporary = f"{path}.tmp{os.getpid()}"
-    try:
-        fig.savefig(temporary, format="png", dpi=100)
-        os.replace(temporary, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    save_png(fig, path, dpi=100)
 
 
 def write_report(output, rows, verdict, budget, evaluation, commands, timings=None):

@@ -273,6 +273,8 @@ def plot_offset_priors(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from stmn_tf.figures import save_png
+
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
     for ax, (name, direction, weights) in zip(axes[0], panels):
         side = int(round(len(weights) ** 0.5))
@@ -290,14 +292,7 @@ def plot_offset_priors(results, path):
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.suptitle("MatchTrans' learned offset prior, exp(b) / sum", fontsize=8)
     fig.tight_layout()
-    temporary = f"{path}.tmp{os.getpid()}"
-    try:
-        fig.savefig(temporary, format="png", dpi=120)
-        os.replace(temporary, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    save_png(fig, path, dpi=120)
     return True
 
 

@@ -152,27 +152,26 @@ def _check_centre(centre_features):
     return centre_features
 
 
+def _check_twin_flag(name, value, implementation, missing):
+    """Refuses a non-bool flag `name`, and True with the compiled op, which `missing`
+    (what the op lacks). Loads nothing (the layers call it at construction)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    if value and implementation == "custom_op":
+        raise ValueError(f"{name}=True needs implementation='tf' or 'auto': the compiled "
+                         f"MatchTrans op {missing}")
+    return value
+
+
 def check_feature_gradient(feature_gradient, implementation):
-    """Refuses a non-bool `feature_gradient`, and True with the compiled op (which
-    passes no gradient to the features). Loads nothing (the layers call it at
-    construction). Returns `feature_gradient`."""
-    if not isinstance(feature_gradient, bool):
-        raise ValueError(f"feature_gradient must be True or False, got {feature_gradient!r}")
-    if feature_gradient and implementation == "custom_op":
-        raise ValueError("feature_gradient=True needs implementation='tf' or 'auto': the "
-                         "compiled MatchTrans op passes no gradient to the features")
-    return feature_gradient
+    """The `feature_gradient` flag, checked; returns it."""
+    return _check_twin_flag("feature_gradient", feature_gradient, implementation,
+                            "passes no gradient to the features")
 
 
 def check_learned_offset_prior(offset_prior, implementation):
-    """The layers' `offset_prior` flag: refuses a non-bool, and True with the compiled
-    op. Loads nothing. Returns the flag."""
-    if not isinstance(offset_prior, bool):
-        raise ValueError(f"offset_prior must be True or False, got {offset_prior!r}")
-    if offset_prior and implementation == "custom_op":
-        raise ValueError("offset_prior=True needs implementation='tf' or 'auto': the "
-                         "compiled MatchTrans op has no offset prior")
-    return offset_prior
+    """The layers' `offset_prior` flag, checked; returns it."""
+    return _check_twin_flag("offset_prior", offset_prior, implementation, "has no offset prior")
 
 
 def check_offset_prior(offset_prior, implementation):

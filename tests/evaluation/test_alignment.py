@@ -138,18 +138,7 @@ def test_a_learned_offset_prior_enters_the_coefficients_and_the_report(tmp_path)
 
 
 def test_evaluate_alignment_finds_the_motion_of_a_distinct_object():
-    rng = np.random.default_rng(0)
-    codes = rng.normal(size=(6, 6, 16)).astype(np.float32)
-    object_code = rng.normal(size=16).astype(np.float32)
-    videos = []
-    for index in range(5):
-        image = np.zeros((96, 96, 3), np.float32)
-        x0 = 16 * index  # one cell right per frame
-        image[32:48, x0:x0 + 16] = 200.0
-        truth = {"boxes": np.array([[x0, 32, x0 + 16, 48]], np.float64),
-                 "track_ids": np.array([4])}
-        videos.append(("v", prepared_frame(image, (96, 96), (96, 96), index,
-                                           groundtruth=truth)))
+    codes, object_code, videos = moving_object_video(np.random.default_rng(0))
     result = alignment.evaluate_alignment(ShiftingModel(codes, object_code), videos, stride=1)
     assert result["videos"] == 1 and result["frames"] == 4 and result["k"] == 2
     track = result["track"]
