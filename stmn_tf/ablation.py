@@ -44,8 +44,8 @@ from stmn_tf.demo import RFCN_CONFIG
 from stmn_tf.demo import RFCN_STEPS
 from stmn_tf.demo import Demo
 from stmn_tf.demo import shown_command
-from stmn_tf.variants import VARIANTS as TABLE2
 from stmn_tf.figures import save_png
+from stmn_tf.variants import VARIANTS as TABLE2
 
 # Table 2's columns, in the paper's order (best first), from the one table of them.
 VARIANTS = tuple(TABLE2)
